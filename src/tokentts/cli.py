@@ -1,0 +1,59 @@
+"""The `tokentts` command: a thin layer over the library.
+
+Each subcommand lives in its stage's package as a module with two functions,
+`add_arguments(parser)` and `run(args) -> int`; it is imported only when used so that
+`tokentts --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from tokentts.errors import TokenttsError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("tokentts.audio.commands", "speak a text with an embedded voice (eSpeak NG or Piper) to a file"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokentts", description="Token-based TTS: prepare, fine-tune, clone, evaluate, serve.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    requested = next((a for a in sys.argv[1:] if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen subcommand's module is imported (heavy imports: torch, transformers).
+        if name == requested:
+            importlib.import_module(module).add_arguments(p)
+            p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not hasattr(args, "_module"):
+        importlib.import_module(COMMANDS[args.command][0]).add_arguments(argparse.ArgumentParser())
+        parser.error(f"run `tokentts {args.command} --help`")
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except TokenttsError as exc:
+        if args.verbose:
+            raise
+        print(f"tokentts {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tokentts {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

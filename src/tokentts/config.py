@@ -1,0 +1,147 @@
+"""One dataclass per stage, filled from a file and/or CLI flags, written next to each run's output.
+
+A stage declares its settings as a dataclass whose fields carry `help` in their metadata:
+
+    @dataclass
+    class PrepareConfig:
+        max_seconds: float = field(default=30.0, metadata={"help": "longest snippet"})
+
+`add_config_arguments` turns the fields into `--max-seconds` flags plus `--config FILE`
+(JSON or TOML); `config_from_args` resolves file values, then explicit flags, over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tokentts.errors import TokenttsError
+
+C = TypeVar("C")
+
+CONFIG_FILENAME = "config.json"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is_list) of a field annotation, with Optional unwrapped."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin in (list, tuple):
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add a flag for every field of `config_cls` (except `skip`) and a --config FILE option."""
+    hints = typing.get_type_hints(config_cls)
+    parser.add_argument("--config", type=Path, help="JSON or TOML file with settings; flags override it")
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip or not f.init:
+            continue
+        kind, is_list = _base_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        # Defaults are left as None so that config_from_args can tell an explicit flag from a default.
+        if kind is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif is_list:
+            parser.add_argument(_flag(f.name), dest=f.name, type=kind, nargs="+", default=None, help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, choices=choices, help=help_text)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise TokenttsError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise TokenttsError(f"config file {path} is not valid {'TOML' if str(path).endswith('.toml') else 'JSON'}: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(config_cls: type[C], values: dict[str, Any]) -> C:
+    """Instantiate `config_cls` from `values`, rejecting unknown keys with one clear line."""
+    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TokenttsError(f"unknown setting(s) for {config_cls.__name__}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(config_cls)
+    converted = {}
+    for key, value in values.items():
+        kind, is_list = _base_type(hints[key])
+        if kind is Path and value is not None:
+            value = [Path(v) for v in value] if is_list else Path(value)
+        elif is_list and isinstance(value, tuple):
+            value = list(value)
+        converted[key] = value
+    try:
+        return config_cls(**converted)
+    except (TypeError, ValueError) as exc:
+        raise TokenttsError(f"invalid {config_cls.__name__}: {exc}") from None
+
+
+def config_from_args(config_cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
+    """Defaults, then the --config file, then explicit flags, then `overrides`."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    for f in dataclasses.fields(config_cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(config_cls, values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if dataclasses.is_dataclass(value):
+            return config_to_dict(value)
+        return value
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file in the same folder, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_config(config: Any, out_dir: Path, filename: str = CONFIG_FILENAME) -> Path:
+    """Write the resolved config of a run next to its output."""
+    path = Path(out_dir) / filename
+    write_json_atomic(path, {"stage": type(config).__name__, **config_to_dict(config)})
+    return path

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from tokentts.audio import decode_audio, encode_audio, load_audio, resample, write_audio
+from tokentts.audio.synth import EspeakVoice, espeak_variants, synthesize_espeak
+from tokentts.cli import main
+from tokentts.errors import TokenttsError
+
+
+def test_espeak_voices_differ_and_have_speech_length():
+    text = "The quick brown fox jumps over the lazy dog."
+    a = synthesize_espeak(text, EspeakVoice(variant="m3", pitch=30))
+    b = synthesize_espeak(text, EspeakVoice(variant="f2", pitch=70, rate=220))
+    assert a.dtype == np.float32 and a.ndim == 1
+    assert 1.5 < len(a) / 24000 < 5.0
+    assert len(b) < len(a)  # faster rate -> shorter
+    assert {"m3", "f2", "klatt"} <= set(espeak_variants())
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
+def test_encode_decode_roundtrip_keeps_rate_and_length(fmt):
+    wav = synthesize_espeak("Round trip through a codec.")
+    data = encode_audio(wav, 24000, fmt)
+    back = decode_audio(data, 24000)
+    # lossy codecs add priming samples; the length stays within 60 ms
+    assert abs(len(back) - len(wav)) < 0.06 * 24000
+    if fmt in ("wav", "flac"):
+        assert np.max(np.abs(back - wav)) < 1e-3
+
+
+def test_load_resamples_and_downmixes(tmp_path):
+    import soundfile as sf
+
+    t = np.arange(44100) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
+    sf.write(tmp_path / "s.wav", stereo, 44100)
+    wav = load_audio(tmp_path / "s.wav")
+    assert wav.ndim == 1 and abs(len(wav) - 24000) <= 2
+    assert abs(np.abs(wav).max() - 0.5) < 0.02
+    assert len(resample(wav, 24000, 16000)) == 16000
+
+
+def test_bad_audio_inputs_raise_one_line(tmp_path):
+    (tmp_path / "notaudio.wav").write_text("hello, I am text")
+    with pytest.raises(TokenttsError, match="no such file"):
+        load_audio(tmp_path / "missing.wav")
+    with pytest.raises(TokenttsError, match="notaudio.wav"):
+        load_audio(tmp_path / "notaudio.wav")
+    good = encode_audio(synthesize_espeak("truncated file"), 24000, "mp3")
+    (tmp_path / "trunc.mp3").write_bytes(good[:200])
+    with pytest.raises(TokenttsError):
+        wav = load_audio(tmp_path / "trunc.mp3")
+        assert len(wav) > 12000  # a truncated mp3 must not pass as the whole clip
+
+
+def test_write_audio_is_atomic_and_cli_reports_errors(tmp_path, capsys):
+    out = tmp_path / "hi.flac"
+    assert main(["synth", "--text", "hello", "--variant", "m1", "--out", str(out)]) == 0
+    assert len(load_audio(out)) > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["hi.flac"]
+    assert main(["synth", "--text", " ", "--out", str(tmp_path / "x.wav")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "empty" in err[0]
+    assert not (tmp_path / "x.wav").exists()
