@@ -17,6 +17,13 @@ from tokentts.errors import TokenttsError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("tokentts.audio.commands", "speak a text with an embedded voice (eSpeak NG or Piper) to a file"),
+    "finetune": ("tokentts.training.commands", "LoRA fine-tune CSM on a voice dataset (pre-tokenized audio, exact resume, DDP)"),
+    "generate": ("tokentts.generation.commands", "speak a text with a CSM model, optionally cloning a reference voice"),
+    "evaluate": ("tokentts.evaluation.commands", "compare base, cloned, fine-tuned and fine-tuned + cloned voices: WER, similarity, pauses, DNSMOS"),
+    "prepare": ("tokentts.data.commands", "turn long recordings (files or URLs) into a voice dataset"),
+    "synth-corpus": ("tokentts.data.synthetic", "build a multi-speaker eSpeak NG voice dataset from generated sentences"),
+    "train-codec": ("tokentts.codecs.neural.commands", "train the small neural audio codec (RVQ, 24 kHz, 25 frames/s) on a voice dataset"),
+    "serve": ("tokentts.serving.commands", "serve speech over HTTP (OpenAI-compatible /v1/audio/speech, voices) with a web page"),
 }
 
 

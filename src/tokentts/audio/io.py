@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import av
@@ -17,6 +15,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from tokentts.config import write_bytes_atomic
 from tokentts.errors import TokenttsError
 
 SAMPLE_RATE = 24_000
@@ -117,14 +116,4 @@ def write_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RAT
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "wav"
     fmt = {"ogg": "opus"}.get(fmt, fmt)
-    data = encode_audio(wav, sample_rate, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, encode_audio(wav, sample_rate, fmt))
