@@ -16,6 +16,7 @@ from tokentts.errors import TokenttsError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("tokentts.demo", "run the main job end to end, offline: target voice -> prepare -> finetune -> evaluate"),
     "synth": ("tokentts.audio.commands", "speak a text with an embedded voice (eSpeak NG or Piper) to a file"),
     "finetune": ("tokentts.training.commands", "LoRA fine-tune CSM on a voice dataset (pre-tokenized audio, exact resume, DDP)"),
     "generate": ("tokentts.generation.commands", "speak a text with a CSM model, optionally cloning a reference voice"),
@@ -41,12 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Keep the libraries' per-call chatter (faster-whisper's "Processing audio", weight-loading
+    bars) out of the user's progress output; --verbose shows it."""
+    for name in ("faster_whisper", "httpx", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     parser = build_parser()
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:
+        _quiet_libraries()
     if not hasattr(args, "_module"):
         importlib.import_module(COMMANDS[args.command][0]).add_arguments(argparse.ArgumentParser())
         parser.error(f"run `tokentts {args.command} --help`")
