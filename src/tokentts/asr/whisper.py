@@ -143,8 +143,14 @@ def transcribe(
     progress: ProgressCallback | None = None,
     language: str | None = None,
     beam_size: int = 5,
+    temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
 ) -> Transcript:
-    """Transcribe mono float audio; times in the result are seconds on the input's own timeline."""
+    """Transcribe mono float audio; times in the result are seconds on the input's own timeline.
+
+    `temperature=0.0` makes one deterministic pass: faster-whisper's fallback to higher
+    temperatures samples without a seed, so hard clips (noise, babble) transcribe differently
+    on every run; scoring needs the single pass, data preparation the robustness of the fallback.
+    """
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     duration = len(wav) / sample_rate
     audio = resample(wav, sample_rate, WHISPER_SAMPLE_RATE)
@@ -158,6 +164,7 @@ def transcribe(
             audio,
             language=language,
             beam_size=beam_size,
+            temperature=temperature,
             word_timestamps=word_timestamps,
             vad_filter=vad,
             vad_parameters=vad_parameters if vad else None,
