@@ -61,7 +61,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip
         if f.name in skip or not f.init:
             continue
         kind, is_list = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         # Defaults are left as None so that config_from_args can tell an explicit flag from a default.
         if kind is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
