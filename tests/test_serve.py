@@ -4,6 +4,7 @@ official `openai` client, httpx, schemathesis and a headless Chromium."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -308,7 +309,9 @@ def test_worker_times_out_queued_jobs_and_frees_the_slot():
                 pass
         return received, time.monotonic() - started
 
-    received, waited = asyncio.run(scenario())
+    # In its own thread: Playwright's sync API (the page tests) keeps an event loop running in the main one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        received, waited = pool.submit(asyncio.run, scenario()).result()
     assert received > 10 and waited < 0.05  # the waiting job's deadline had already passed
     deadline = time.monotonic() + 2
     while worker.stats()["running"] or worker.stats()["waiting"]:
