@@ -1,0 +1,163 @@
+"""Training examples as CSM learns them, built from cached codes.
+
+One example is a frame sequence (layout in `tokentts.model.prompt`):
+
+    [context: <bos>[spk]text<eos>  audio frames  end-of-audio]   (optional, same speaker)
+    <bos>[spk]text<eos>  audio frames  end-of-audio
+
+with labels `[T, K]`: the codes of the target's audio frames and of its end-of-audio frame (all
+zeros: that label is what teaches the model to stop), -100 everywhere else. transformers' CSM loss
+trains the backbone on codebook 0 of every labelled frame and the depth decoder on codebooks 1..K-1
+of the frames whose codebooks 1..K-1 are labelled; only a `depth_frame_fraction` of the audio
+frames keep those labels (Sesame's compute amortisation), the end-of-audio frame always does.
+
+The random choices (context clip, depth frames) come from a generator seeded by (seed, epoch,
+index), so an example is the same on every process and after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from tokentts.errors import TokenttsError
+from tokentts.model.prompt import Prompt, audio_frames, text_frames, tokenize_text
+from tokentts.training.data import EncodedClip
+
+IGNORE = -100  # label value the loss skips
+
+
+@dataclass
+class TrainingClip:
+    row: int  # row of the source dataset
+    speaker: str
+    text_ids: list[int]  # <bos>[speaker]text<eos>
+    codes: torch.Tensor  # [K, T]
+
+    @property
+    def num_positions(self) -> int:
+        """Frames this clip takes: text, audio, end-of-audio."""
+        return len(self.text_ids) + self.codes.shape[1] + 1
+
+
+def tokenize_clips(clips: list[EncodedClip], tokenizer: Any, max_text_tokens: int,
+                   max_positions: int) -> tuple[list[TrainingClip], Counter]:
+    """Tokenize the transcripts; drop (and count) rows over the text limit or the model's context."""
+    kept: list[TrainingClip] = []
+    dropped: Counter = Counter()
+    for clip in clips:
+        try:
+            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text)
+        except TokenttsError:
+            dropped["text the tokenizer cannot encode"] += 1
+            continue
+        item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes)
+        if len(text_ids) > max_text_tokens:
+            dropped[f"text over {max_text_tokens} tokens"] += 1
+        elif item.num_positions > max_positions:
+            dropped[f"longer than the model's {max_positions} positions"] += 1
+        else:
+            kept.append(item)
+    return kept, dropped
+
+
+class CsmTrainingDataset(Dataset):
+    """Examples (tokens, mask, labels) for transformers' Trainer; see the module docstring."""
+
+    def __init__(self, clips: list[TrainingClip], *, audio_token_id: int, audio_eos_token_id: int,
+                 depth_frame_fraction: float, context_probability: float = 0.0,
+                 context_pool: list[TrainingClip] | None = None, max_positions: int = 2048, seed: int = 0):
+        self.clips = clips
+        self.audio_token_id = audio_token_id
+        self.audio_eos_token_id = audio_eos_token_id
+        self.depth_frame_fraction = depth_frame_fraction
+        self.context_probability = context_probability
+        self.max_positions = max_positions
+        self.seed = seed
+        self.epoch = 0
+        self.by_speaker: dict[str, list[TrainingClip]] = defaultdict(list)
+        for clip in context_pool if context_pool is not None else clips:
+            self.by_speaker[clip.speaker].append(clip)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [clip.num_positions for clip in self.clips]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _context_for(self, target: TrainingClip, rng: np.random.Generator) -> TrainingClip | None:
+        if self.context_probability == 0 or rng.random() >= self.context_probability:
+            return None
+        candidates = [c for c in self.by_speaker[target.speaker] if c.row != target.row]
+        if not candidates:
+            return None
+        context = candidates[rng.integers(len(candidates))]
+        return context if context.num_positions + target.num_positions <= self.max_positions else None
+
+    def _frames(self, clip: TrainingClip) -> list[Prompt]:
+        num_codebooks = clip.codes.shape[0]
+        return [text_frames(clip.text_ids, num_codebooks),
+                audio_frames(clip.codes.long(), self.audio_token_id, self.audio_eos_token_id)]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        target = self.clips[index]
+        context = self._context_for(target, rng)
+        parts = (self._frames(context) if context else []) + self._frames(target)
+        prompt = Prompt.cat(parts)
+        first_audio = len(prompt) - target.codes.shape[1] - 1
+        labels = torch.full(prompt.audio_codes.shape, IGNORE, dtype=torch.long)
+        labels[first_audio:] = prompt.audio_codes[first_audio:]
+        # The depth decoder sees only a fraction of the audio frames; the end-of-audio frame always.
+        num_audio = target.codes.shape[1]
+        num_depth = math.ceil(self.depth_frame_fraction * num_audio)
+        skipped = rng.permutation(num_audio)[num_depth:]
+        labels[first_audio + torch.from_numpy(skipped), 1:] = IGNORE
+        return {"tokens": prompt.tokens, "mask": prompt.mask, "labels": labels}
+
+
+def collate_frames(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Right-pad a list of examples into a batch with an attention mask."""
+    longest = max(len(e["tokens"]) for e in examples)
+    batch = {
+        "tokens": torch.zeros(len(examples), longest, examples[0]["tokens"].shape[1], dtype=torch.long),
+        "mask": torch.zeros(len(examples), longest, examples[0]["mask"].shape[1], dtype=torch.bool),
+        "labels": torch.full((len(examples), longest, examples[0]["labels"].shape[1]), IGNORE, dtype=torch.long),
+        "attention_mask": torch.zeros(len(examples), longest, dtype=torch.long),
+    }
+    for row, example in enumerate(examples):
+        n = len(example["tokens"])
+        for key in ("tokens", "mask", "labels"):
+            batch[key][row, :n] = example[key]
+        batch["attention_mask"][row, :n] = 1
+    return batch
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length grouping (batches of similar length, little padding) with its shuffle
+    seeded by (seed, epoch): the same order on every process and after a resume."""
+
+    def __init__(self, dataset: CsmTrainingDataset, batch_size: int, seed: int):
+        super().__init__(batch_size, lengths=dataset.lengths)
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))

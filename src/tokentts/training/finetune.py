@@ -1,0 +1,272 @@
+"""`finetune(cfg)`: pre-tokenize a voice dataset, train CSM with LoRA (or fully), write the result.
+
+    dataset ──decode + codec, once──▶ cached codes ──tokenize, limits──▶ CsmTrainingDataset
+    base CSM ──LoRA──▶ CsmTrainer (transformers Trainer: DDP via torchrun / accelerate launch)
+             ──▶ OUTPUT: adapter (or merged weights), finetune_config.json, metrics.json, loss_curves.png
+
+Checkpoints live beside the output in `OUTPUT.checkpoints/` until the run ends; `resume=True`
+continues from the last one exactly (model, optimizer, scheduler, data order, RNG). The output
+folder appears only when the run is complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from tokentts.codecs.mimi import MimiCodec
+from tokentts.config import write_config, write_json_atomic
+from tokentts.errors import TokenttsError
+from tokentts.model.loading import load_model
+from tokentts.training.config import FinetuneConfig
+from tokentts.training.data import EncodedDataset, encode_dataset, open_dataset
+from tokentts.training.examples import CsmTrainingDataset, TrainingClip, collate_frames, tokenize_clips
+from tokentts.training.lora import load_unsloth, merged_model, prepare_for_training, trainable_parameters
+from tokentts.training.trainer import CsmTrainer, plot_loss_curves, unwrap_csm
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILENAME = "finetune_config.json"  # not config.json: a merged model's own config lives there
+METRICS_FILENAME = "metrics.json"
+PLOT_FILENAME = "loss_curves.png"
+
+
+@dataclass
+class FinetuneResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+    is_main_process: bool = True  # under torchrun every process returns; only the main one wrote the output
+
+
+def checkpoint_dir(cfg: FinetuneConfig) -> Path:
+    out = Path(cfg.output_dir)
+    return out.with_name(out.name + ".checkpoints")
+
+
+def _check_output(cfg: FinetuneConfig, state: PartialState) -> str | None:
+    """The checkpoint to resume from, after refusing to clobber earlier work by accident."""
+    out, checkpoints = Path(cfg.output_dir), checkpoint_dir(cfg)
+    if out.exists() and not cfg.overwrite:
+        raise TokenttsError(f"{out} already exists (pass --overwrite to replace it)")
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if cfg.resume:
+        if last is None:
+            raise TokenttsError(f"nothing to resume: no checkpoint in {checkpoints}")
+        return last
+    if last is not None and not cfg.overwrite:
+        raise TokenttsError(f"{checkpoints} holds an interrupted run: pass --resume to continue it or --overwrite to start over")
+    # A fresh run must not mix its checkpoints with an old run's (a later resume takes the highest step).
+    if state.is_main_process:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    state.wait_for_everyone()
+    return None
+
+
+def _precision(cfg: FinetuneConfig, device: torch.device) -> str:
+    if cfg.precision != "auto":
+        if cfg.precision != "fp32" and device.type != "cuda":
+            raise TokenttsError(f"--precision {cfg.precision} needs a CUDA GPU; use fp32 on {device.type}")
+        return cfg.precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _optimizer_name(cfg: FinetuneConfig, device: torch.device) -> str:
+    if cfg.optimizer == "adamw":
+        return "adamw_torch"
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise TokenttsError("--optimizer adamw_8bit needs CUDA and the bitsandbytes package; use --optimizer adamw")
+    return "adamw_bnb_8bit"
+
+
+def split_train_eval(clips: list[TrainingClip], eval_fraction: float, seed: int) -> tuple[list[TrainingClip], list[TrainingClip]]:
+    """A seeded random hold-out: at least one eval clip when asked for one, at least one training clip."""
+    if eval_fraction == 0 or len(clips) < 2:
+        return clips, []
+    order = np.random.default_rng(seed).permutation(len(clips))
+    num_eval = min(max(1, round(eval_fraction * len(clips))), len(clips) - 1)
+    held_out = set(order[:num_eval].tolist())
+    return ([c for i, c in enumerate(clips) if i not in held_out], [c for i, c in enumerate(clips) if i in held_out])
+
+
+def _load(cfg: FinetuneConfig, device: torch.device, precision: str):
+    """(model ready to train, processor, codec)."""
+    if cfg.backend == "unsloth":
+        model, processor = load_unsloth(cfg)
+        csm = unwrap_csm(model)
+        return model, processor, MimiCodec(csm.codec_model, num_codebooks=csm.config.num_codebooks)
+    # LoRA keeps the frozen base in the GPU's half precision (adapters stay fp32, peft's default);
+    # full fine-tuning keeps fp32 master weights and trains under autocast.
+    dtype = precision if cfg.method == "lora" and precision != "fp32" else "fp32"
+    loaded = load_model(cfg.model, device=str(device), dtype=dtype)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    model = prepare_for_training(loaded.model, cfg)
+    if cfg.gradient_checkpointing:
+        unwrap_csm(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, loaded.processor, loaded.codec
+
+
+def _training_arguments(cfg: FinetuneConfig, device: torch.device, precision: str, optimizer: str,
+                        has_eval: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir(cfg)),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup,
+        lr_scheduler_type=cfg.scheduler,
+        optim=optimizer,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        report_to="none",
+    )
+
+
+def _drop_report(dropped: Counter) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in dropped.most_common())
+
+
+def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
+                   csm_config: Any) -> tuple[CsmTrainingDataset, CsmTrainingDataset | None, Counter]:
+    """Training and evaluation examples from the encoded clips, and every dropped row counted by reason."""
+    clips, text_dropped = tokenize_clips(encoded.clips, tokenizer, cfg.max_text_tokens, csm_config.max_position_embeddings)
+    dropped = encoded.dropped + text_dropped
+    if not clips:
+        raise TokenttsError(f"no usable rows: all {encoded.rows_total} rows were dropped ({_drop_report(dropped)})")
+    if dropped:
+        log.warning("dropped %d of %d rows: %s", sum(dropped.values()), encoded.rows_total, _drop_report(dropped))
+    train_clips, eval_clips = split_train_eval(clips, cfg.eval_fraction, cfg.seed)
+    # Context clips come from the training split only, for the evaluation examples too.
+    settings = dict(audio_token_id=csm_config.audio_token_id, audio_eos_token_id=csm_config.audio_eos_token_id,
+                    depth_frame_fraction=cfg.depth_frame_fraction, context_probability=cfg.context_probability,
+                    context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed)
+    return (CsmTrainingDataset(train_clips, **settings),
+            CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped)
+
+
+def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> FinetuneResult:
+    """Run a fine-tune as configured; returns where the result is and its metrics.
+
+    `callbacks` are transformers `TrainerCallback`s added to the Trainer's (progress, logging)."""
+    if not cfg.dataset:
+        raise TokenttsError("no dataset given (--dataset DIR or hub id)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise TokenttsError("--device cuda requested but CUDA is not available")
+    state = PartialState(cpu=cfg.device == "cpu")  # under torchrun / accelerate launch: this process's device
+    resume_from = _check_output(cfg, state)
+    precision = _precision(cfg, state.device)
+    optimizer = _optimizer_name(cfg, state.device)
+    # The main process downloads the dataset (a hub id) and encodes and caches its audio; the others then read the cache.
+    with state.main_process_first():
+        source, speaker_column = open_dataset(cfg)  # before loading the model: bad input fails fast
+    model, processor, codec = _load(cfg, state.device, precision)
+    csm_config = unwrap_csm(model).config
+    with state.main_process_first():
+        encoded = encode_dataset(source, codec, cfg, speaker_column, state.device)
+    train_set, eval_set, dropped = build_datasets(cfg, encoded, processor.tokenizer, csm_config)
+
+    trainer = CsmTrainer(
+        model=model,
+        args=_training_arguments(cfg, state.device, precision, optimizer, eval_set is not None),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collate_frames,
+        callbacks=callbacks,
+        depth_loss_weight=cfg.depth_loss_weight,
+    )
+    eval_start = trainer.evaluate()["eval_loss"] if eval_set is not None and resume_from is None else None
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    eval_end = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+
+    train_audio_seconds = sum(clip.codes.shape[1] for clip in train_set.clips) / codec.frame_rate
+    trainable, total = trainable_parameters(model)
+    metrics = {
+        "train_loss": train_output.training_loss,
+        "eval_loss_start": eval_start,
+        "eval_loss": eval_end,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_seconds": round(seconds, 2),
+        "train_audio_seconds_per_second": round(train_audio_seconds * trainer.state.epoch / seconds, 3),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "data": {
+            "rows": encoded.rows_total,
+            "train_clips": len(train_set),
+            "eval_clips": len(eval_set) if eval_set is not None else 0,
+            "train_audio_seconds": round(train_audio_seconds, 2),
+            "dropped": dict(dropped),
+            "codes_cache": str(encoded.cache_dir) if encoded.cache_dir else None,
+            "codes_from_cache": encoded.from_cache,
+        },
+        "log_history": ([{"step": 0, "eval_loss": eval_start}] if eval_start is not None else []) + trainer.state.log_history,
+    }
+    if state.is_main_process:
+        _write_output(cfg, model, processor, metrics)
+    state.wait_for_everyone()
+    return FinetuneResult(Path(cfg.output_dir), metrics, state.is_main_process)
+
+
+def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, metrics: dict[str, Any]) -> None:
+    """Assemble the result in a temporary folder beside OUTPUT, then rename it into place."""
+    out = Path(cfg.output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if cfg.merge or cfg.method == "full":
+            merged_model(model).save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+        write_config(cfg, tmp, filename=CONFIG_FILENAME)
+        write_json_atomic(tmp / METRICS_FILENAME, metrics)
+        plot_loss_curves(metrics["log_history"], tmp / PLOT_FILENAME)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
+    log.info("wrote %s (train loss %.3f%s)", out, metrics["train_loss"],
+             f", eval loss {metrics['eval_loss_start']:.3f} -> {metrics['eval_loss']:.3f}" if metrics["eval_loss"] is not None
+             and metrics["eval_loss_start"] is not None else "")
+    if math.isnan(metrics["train_loss"]):
+        log.warning("the training loss is NaN: lower --learning-rate or use --precision fp32")
