@@ -442,3 +442,13 @@ def test_a_correction_with_fewer_words_keeps_the_whole_span_of_the_words_it_repl
 
 def test_normalized_tokens_ignore_case_and_punctuation():
     assert normalize_token("Harbour,") == "harbour" and normalize_token("don't.") == "don't"
+
+
+def test_an_empty_voice_dataset_keeps_its_columns_and_loading_it_says_empty(tmp_path):
+    from tokentts.data.dataset import clips_to_dataset, load_voice_dataset
+
+    empty = clips_to_dataset([])
+    assert empty.column_names == ["audio", "text", "source", "start", "end", "source_file"] and len(empty) == 0
+    empty.save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(TokenttsError, match="is empty"):
+        load_voice_dataset(tmp_path / "ds")

@@ -62,7 +62,9 @@ def clips_to_dataset(clips: list[Clip]) -> Any:
         }
         for index, clip in enumerate(clips)
     ]
-    return Dataset.from_list(rows, features=storage).cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
+    # from_dict keeps the columns of an empty dataset (from_list would write a table without any).
+    columns = {name: [row[name] for row in rows] for name in storage}
+    return Dataset.from_dict(columns, features=storage).cast_column("audio", Audio(sampling_rate=SAMPLE_RATE))
 
 
 def load_voice_dataset(path_or_repo: str | Path, split: str = "train", audio_column: str = "audio") -> Any:
@@ -85,6 +87,8 @@ def load_voice_dataset(path_or_repo: str | Path, split: str = "train", audio_col
         raise
     except (FileNotFoundError, ValueError, ConnectionError) as exc:
         raise TokenttsError(f"cannot load dataset {path_or_repo}: {exc}") from None
+    except IndexError:  # datasets fails this way on a dataset saved with no rows (0 shards)
+        raise TokenttsError(f"dataset {path_or_repo} is empty") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise TokenttsError(f"dataset {path_or_repo} has no split {split!r} (it has {', '.join(loaded)})")
