@@ -446,6 +446,7 @@ def test_normalized_tokens_ignore_case_and_punctuation():
 
 def test_an_empty_voice_dataset_keeps_its_columns_and_loading_it_says_empty(tmp_path):
     from tokentts.data.dataset import clips_to_dataset, load_voice_dataset
+    from tokentts.errors import TokenttsError
 
     empty = clips_to_dataset([])
     assert empty.column_names == ["audio", "text", "source", "start", "end", "source_file"] and len(empty) == 0
