@@ -1,0 +1,185 @@
+"""How a conversation becomes CSM input: a sequence of frames.
+
+Every position of the backbone is one frame of K + 1 columns (K codebooks, then one text column):
+
+- text frames: `<|begin_of_text|>[speaker]text<|end_of_text|>`, one token per frame in the text column;
+- audio frames: the K codes of one codec frame (80 ms for Mimi);
+- after each audio segment, an end-of-audio frame whose K codes are all 0.
+
+The text column of audio frames holds `<|AUDIO|>` (end-of-audio frame: `<|audio_eos|>`), so
+`Prompt.input_ids` is exactly what transformers' `CsmProcessor` produces, and `Prompt.audio_codes`
+what `CsmForConditionalGeneration` would get from its codec. A frame's embedding is its text
+embedding (text frames) or the sum of its K code embeddings (audio frames), as in the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokentts.errors import TokenttsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segment:
+    speaker: str  # "0", "1", ...
+    text: str
+    audio: np.ndarray | None = None  # mono float32 at the codec's rate (24 kHz), or None for the target
+    codes: torch.LongTensor | None = None  # [K, T] when the audio is already encoded (skips the codec)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None or self.codes is not None
+
+
+@dataclass
+class Prompt:
+    tokens: torch.LongTensor  # [T, K + 1]: K codes, then the text token
+    mask: torch.BoolTensor  # [T, K + 1]: which columns are in use
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def input_ids(self) -> torch.LongTensor:
+        """[T] text column, as transformers' CsmProcessor lays it out."""
+        return self.tokens[:, -1]
+
+    @property
+    def audio_codes(self) -> torch.LongTensor:
+        """[T, K] codes (0 in text frames)."""
+        return self.tokens[:, :-1]
+
+    @property
+    def is_audio(self) -> torch.BoolTensor:
+        return self.mask[:, :-1].any(-1)
+
+    @staticmethod
+    def cat(parts: Sequence[Prompt]) -> Prompt:
+        return Prompt(torch.cat([p.tokens for p in parts]), torch.cat([p.mask for p in parts]))
+
+
+def check_speaker(speaker: str) -> str:
+    speaker = str(speaker)
+    if not speaker.isdigit():
+        raise TokenttsError(f"speaker must be a number like 0 or 1, got {speaker!r}")
+    return speaker
+
+
+def tokenize_text(tokenizer, speaker: str, text: str) -> list[int]:
+    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids; rejects what the tokenizer can't encode."""
+    text = " ".join(str(text).split())
+    if not text:
+        raise TokenttsError("the text is empty")
+    body = tokenizer.encode(f"[{check_speaker(speaker)}]{text}", add_special_tokens=False)
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in body:
+        unknown = [ch for ch in text if tokenizer.unk_token_id in tokenizer.encode(ch, add_special_tokens=False)]
+        raise TokenttsError(f"the text has characters the tokenizer cannot encode: {''.join(sorted(set(unknown)))!r}")
+    return [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
+
+
+def text_frames(token_ids: Sequence[int], num_codebooks: int) -> Prompt:
+    n = len(token_ids)
+    tokens = torch.zeros(n, num_codebooks + 1, dtype=torch.long)
+    tokens[:, -1] = torch.tensor(token_ids, dtype=torch.long)
+    mask = torch.zeros(n, num_codebooks + 1, dtype=torch.bool)
+    mask[:, -1] = True
+    return Prompt(tokens, mask)
+
+
+def audio_frames(codes: torch.LongTensor, audio_token_id: int, audio_eos_token_id: int) -> Prompt:
+    """Codes [K, T] -> T audio frames plus the all-zero end-of-audio frame."""
+    num_codebooks, n = codes.shape
+    tokens = torch.zeros(n + 1, num_codebooks + 1, dtype=torch.long)
+    tokens[:n, :-1] = codes.T.cpu()
+    tokens[:n, -1] = audio_token_id
+    tokens[n, -1] = audio_eos_token_id
+    mask = torch.zeros(n + 1, num_codebooks + 1, dtype=torch.bool)
+    mask[:, :-1] = True
+    return Prompt(tokens, mask)
+
+
+def build_prompt(segments: Sequence[Segment], loaded) -> Prompt:
+    """Frames for a conversation: every segment's text, then its audio (if any) and end-of-audio.
+
+    The last segment is normally the target (text only): generation continues after its text.
+    `loaded` is a `tokentts.model.LoadedModel`.
+    """
+    config = loaded.model.config
+    tokenizer = loaded.processor.tokenizer
+    to_encode = [s.audio for s in segments if s.codes is None and s.audio is not None]
+    encoded = iter(loaded.codec.encode_batch([np.asarray(a, dtype=np.float32) for a in to_encode]))
+    parts: list[Prompt] = []
+    for segment in segments:
+        parts.append(text_frames(tokenize_text(tokenizer, segment.speaker, segment.text), config.num_codebooks))
+        if segment.has_audio:
+            codes = segment.codes if segment.codes is not None else next(encoded)
+            if codes.shape[0] != config.num_codebooks:
+                raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
+            parts.append(audio_frames(codes, config.audio_token_id, config.audio_eos_token_id))
+    return Prompt.cat(parts)
+
+
+def embed_frames(model, tokens: torch.LongTensor, mask: torch.BoolTensor) -> torch.Tensor:
+    """Frames [B, T, K+1] -> backbone inputs [B, T, hidden], exactly as CsmForConditionalGeneration embeds them."""
+    text = model.embed_text_tokens(tokens[..., -1].masked_fill(~mask[..., -1], 0))
+    audio = model.backbone_model.embed_tokens(tokens[..., :-1])  # sum of the K code embeddings
+    is_audio = mask[..., :-1].any(-1, keepdim=True)
+    return torch.where(is_audio, audio, text)
+
+
+def embed_prompt(model, prompt: Prompt) -> torch.Tensor:
+    """One prompt -> [1, T, hidden] on the model's device."""
+    device = model.embed_text_tokens.weight.device
+    return embed_frames(model, prompt.tokens[None].to(device), prompt.mask[None].to(device))
+
+
+def load_reference(audio: str | Path | np.ndarray, text: str | None = None, speaker: str = "0",
+                   max_seconds: float = 15.0, sample_rate: int = 24000, asr=None) -> Segment:
+    """A voice-cloning reference: audio (file in any format/rate/channels, or mono array at `sample_rate`)
+    with its transcript. Longer than `max_seconds` is trimmed with a warning; no transcript means
+    it is transcribed with `tokentts.asr.whisper` (or the `asr` given)."""
+    from tokentts.audio import load_audio
+
+    if isinstance(audio, (str, Path)):
+        try:
+            wav = load_audio(audio, sample_rate=sample_rate)
+        except TokenttsError as exc:
+            raise TokenttsError(f"cannot read reference audio {exc}") from None
+        name = str(audio)
+    else:
+        wav = np.asarray(audio, dtype=np.float32)
+        name = "reference audio"
+        if wav.ndim != 1:
+            raise TokenttsError(f"{name} must be mono (1-D), got shape {wav.shape}")
+    if len(wav) < sample_rate // 10:
+        raise TokenttsError(f"{name} is empty or shorter than 0.1 s")
+    limit = int(max_seconds * sample_rate)
+    if len(wav) > limit:
+        log.warning("%s is %.1f s long; using only its first %.1f s", name, len(wav) / sample_rate, max_seconds)
+        wav = wav[:limit]
+        if text is not None:
+            log.warning("the trimmed reference no longer matches its full transcript; consider a shorter clip "
+                        "or omit --voice-text to have it transcribed")
+    if text is None or not text.strip():
+        text = transcribe_reference(wav, sample_rate, asr)
+    return Segment(speaker=check_speaker(speaker), text=text, audio=wav)
+
+
+def transcribe_reference(wav: np.ndarray, sample_rate: int, asr=None) -> str:
+    from tokentts.asr.whisper import load_asr, transcribe
+
+    if asr is None:
+        asr = load_asr()
+    text = transcribe(asr, wav, sample_rate=sample_rate, word_timestamps=False).text.strip()
+    if not text:
+        raise TokenttsError("the reference clip has no recognisable speech; pass its transcript with --voice-text")
+    log.info("reference transcript (%s): %s", getattr(asr, "name", "asr"), text)
+    return text
