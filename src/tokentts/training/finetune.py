@@ -31,7 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from tokentts.codecs.mimi import MimiCodec
 from tokentts.config import write_config, write_json_atomic
 from tokentts.errors import TokenttsError
-from tokentts.model.loading import load_model
+from tokentts.model.loading import MODEL_CODEC_SUBDIR, load_model
 from tokentts.training.config import FinetuneConfig
 from tokentts.training.data import EncodedDataset, encode_dataset, open_dataset
 from tokentts.training.examples import CsmTrainingDataset, TrainingClip, collate_frames, tokenize_clips
@@ -252,6 +252,10 @@ def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, m
         if cfg.merge or cfg.method == "full":
             merged_model(model).save_pretrained(tmp)
             processor.save_pretrained(tmp)
+            # A base model with its own codec folder (not its Mimi) passes it on to the new full model.
+            codec_dir = Path(cfg.model).expanduser() / MODEL_CODEC_SUBDIR
+            if codec_dir.is_dir():
+                shutil.copytree(codec_dir, tmp / MODEL_CODEC_SUBDIR)
         else:
             model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
         write_config(cfg, tmp, filename=CONFIG_FILENAME)
