@@ -127,7 +127,14 @@ Weight = torch.Tensor | Int8Weight
 
 def _linear(x: torch.Tensor, w: Weight) -> torch.Tensor:
     """x [..., in] @ w.T -> [..., out]."""
-    return w.linear(x) if isinstance(w, Int8Weight) else F.linear(x, w)
+    if isinstance(w, Int8Weight):
+        return w.linear(x)
+    if w.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == x.shape[-1] and w.is_contiguous():
+        # One row on CPU: torch.mv streams contiguous bf16 weights ~1.5x faster than linear's gemm
+        # path (measured here: 22 vs 15 GB/s; a strided view, like the depth heads, is 8x slower
+        # through mv), and a generation step is bound by reading the weights.
+        return torch.mv(w, x.reshape(-1)).view(*x.shape[:-1], -1)
+    return F.linear(x, w)
 
 
 def _add_linear(x: torch.Tensor, h: torch.Tensor, w: Weight) -> torch.Tensor:
@@ -135,8 +142,8 @@ def _add_linear(x: torch.Tensor, h: torch.Tensor, w: Weight) -> torch.Tensor:
     if isinstance(w, Int8Weight):
         return x + w.linear(h)
     # addmm saves an op per call (which counts for small models) but its bf16 CPU path for one
-    # row is slower than linear's.
-    return torch.addmm(x, h, w.T) if w.dtype == torch.float32 else x + F.linear(h, w)
+    # row is slower than _linear's.
+    return torch.addmm(x, h, w.T) if w.dtype == torch.float32 else x + _linear(h, w)
 
 
 def _maybe_quantize(weight: torch.Tensor, quantize: str | None) -> Weight:
