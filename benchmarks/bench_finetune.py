@@ -10,7 +10,7 @@ backward, AdamW step), each in its own child process so that its peak memory is 
   front, like a `dataset.map`), then `model(**batch)`, which runs Mimi's encoder inside every
   forward pass, one clip at a time, as in the Unsloth / transformers recipe.
 
-    python benchmarks/bench_finetune.py --steps 6 --out benchmarks/results/finetune.md
+    python benchmarks/bench_finetune.py --steps 6 --out BENCHMARKS.md
 """
 
 from __future__ import annotations
