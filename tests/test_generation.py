@@ -216,6 +216,8 @@ def test_cli_without_model_uses_the_embedded_base(tmp_path, capsys):
     (["--model", "MODEL", "--text", "Hi.", "--adapter", "/no/adapter"], "does not exist"),
     (["--model", "MODEL", "--text", "Hi.", "--temperature", "0"], "temperature must be > 0"),
     (["--model", "MODEL", "--text", "Hi.", "--speaker", "bob"], "speaker must be a number"),
+    # an argument with undecodable bytes reaches Python as lone surrogates
+    (["--model", "MODEL", "--text", "Hi \udcff there."], "not valid Unicode"),
 ])
 def test_cli_bad_input_is_one_line_error(tiny_dir, tmp_path, capsys, args, message):
     (tmp_path / "bad.wav").write_bytes(b"RIFF not really audio")

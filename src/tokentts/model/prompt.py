@@ -78,6 +78,10 @@ def tokenize_text(tokenizer, speaker: str, text: str) -> list[int]:
     text = " ".join(str(text).split())
     if not text:
         raise TokenttsError("the text is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes in a command-line argument
+        raise TokenttsError("the text is not valid Unicode (it holds undecodable bytes)") from None
     body = tokenizer.encode(f"[{check_speaker(speaker)}]{text}", add_special_tokens=False)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in body:
         unknown = [ch for ch in text if tokenizer.unk_token_id in tokenizer.encode(ch, add_special_tokens=False)]
