@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tokentts.audio import decode_audio, encode_audio, load_audio, resample, write_audio
+from tokentts.audio import decode_audio, encode_audio, load_audio, resample
 from tokentts.audio.synth import EspeakVoice, espeak_variants, synthesize_espeak
 from tokentts.cli import main
 from tokentts.errors import TokenttsError

@@ -16,9 +16,13 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import types
 import typing
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,6 +153,33 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def building_directory(target: Path) -> Iterator[Path]:
+    """A hidden folder beside `target` to build into: on success it becomes `target` (replacing
+    an earlier one whole), on failure it is removed, so `target` is never seen half-written."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    os.chmod(build_dir, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result should not be
+    try:
+        yield build_dir
+        if target.exists():
+            # Rename the old one away first: there is no moment without a complete `target`
+            # that a crash could leave behind.
+            retired = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, retired)
+            os.rename(build_dir, target)
+            if retired.is_dir():
+                shutil.rmtree(retired)
+            else:
+                retired.unlink()
+        else:
+            os.rename(build_dir, target)
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:

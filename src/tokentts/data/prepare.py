@@ -19,16 +19,14 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tokentts.asr.whisper import ASR, DEFAULT_MODEL, Transcript, load_asr, transcribe
 from tokentts.audio.io import SAMPLE_RATE, load_audio, write_audio
-from tokentts.config import write_config, write_json_atomic
+from tokentts.config import building_directory, write_config, write_json_atomic
 from tokentts.data.dataset import Clip, clips_to_dataset
 from tokentts.data.segment import ClipRules, DroppedSpan, plan_clips
 from tokentts.data.sources import SourceAudio, display_name, normalize_loudness, open_source
@@ -124,7 +122,7 @@ def prepare(config: PrepareConfig, progress: Progress | None = None) -> PrepareR
     """Run the whole stage: a fresh dataset from `config.sources`, or (`resume`) a re-segmentation of `config.out`."""
     _validate(config)
     out = Path(config.out)
-    with _building(out) as build_dir:
+    with building_directory(out) as build_dir:
         if config.resume:
             records = _copy_previous_run(out, build_dir)
         else:
@@ -156,31 +154,6 @@ def _validate(config: PrepareConfig) -> None:
         raise TokenttsError(f"got {len(config.speaker)} --speaker ids for {len(config.sources)} sources: give one, or one per source")
     if out.exists() and not config.overwrite:
         raise TokenttsError(f"{out} already exists; pass --overwrite to replace it, or --resume to re-segment it")
-
-
-@contextmanager
-def _building(out: Path) -> Iterator[Path]:
-    """A hidden folder next to `out`, renamed to `out` on success and removed on failure."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp makes it private; the dataset folder should not be
-    try:
-        yield build_dir
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, retired)
-            os.rename(build_dir, out)
-            if retired.is_dir():
-                shutil.rmtree(retired)
-            else:
-                retired.unlink()
-        else:
-            os.rename(build_dir, out)
-    except BaseException:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        raise
 
 
 def _transcribe_sources(config: PrepareConfig, build_dir: Path, progress: Progress | None) -> list[SourceRecord]:

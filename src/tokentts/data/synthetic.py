@@ -11,15 +11,12 @@ is an ordinary voice dataset (`tokentts.data.dataset`), one `source` per speaker
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokentts.audio.synth import EspeakVoice, synthesize_espeak
-from tokentts.config import add_config_arguments, config_from_args, write_config
+from tokentts.config import building_directory, add_config_arguments, config_from_args, write_config
 from tokentts.data.dataset import Clip, clips_to_dataset
 from tokentts.errors import TokenttsError
 
@@ -111,15 +108,9 @@ def write_synthetic_corpus(config: SyntheticCorpusConfig) -> Path:
     out = Path(config.out)
     if out.exists():
         raise TokenttsError(f"{out} already exists")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with building_directory(out) as tmp:
         dataset.save_to_disk(str(tmp))
         write_config(config, tmp, "synthetic_corpus.json")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -19,7 +17,7 @@ from typing import Any
 
 import tokentts
 from tokentts.audio.io import encode_audio, write_audio
-from tokentts.config import config_to_dict, write_config, write_json_atomic
+from tokentts.config import building_directory, config_to_dict, write_config, write_json_atomic
 from tokentts.errors import TokenttsError
 from tokentts.evaluation.runner import METRICS, EvaluationReport, Metric, condition_slug
 from tokentts.evaluation.stats import Estimate
@@ -35,20 +33,12 @@ def write_reports(report: EvaluationReport, out_dir: Path) -> Path:
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with building_directory(out_dir) as staging:
         _write_audio_files(report, staging)
         write_json_atomic(staging / "report.json", report_to_dict(report))
         (staging / "report.md").write_text(render_markdown(report), encoding="utf-8")
         (staging / "report.html").write_text(render_html(report), encoding="utf-8")
         write_config(report.config, staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 

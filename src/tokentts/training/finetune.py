@@ -15,7 +15,6 @@ import importlib.util
 import logging
 import math
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from tokentts.codecs.mimi import MimiCodec
-from tokentts.config import write_config, write_json_atomic
+from tokentts.config import building_directory, write_config, write_json_atomic
 from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR, load_model
 from tokentts.training.config import FinetuneConfig
@@ -246,9 +245,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
 def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, metrics: dict[str, Any]) -> None:
     """Assemble the result in a temporary folder beside OUTPUT, then rename it into place."""
     out = Path(cfg.output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with building_directory(out) as tmp:
         if cfg.merge or cfg.method == "full":
             merged_model(model).save_pretrained(tmp)
             processor.save_pretrained(tmp)
@@ -261,12 +258,6 @@ def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, m
         write_config(cfg, tmp, filename=CONFIG_FILENAME)
         write_json_atomic(tmp / METRICS_FILENAME, metrics)
         plot_loss_curves(metrics["log_history"], tmp / PLOT_FILENAME)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not cfg.keep_checkpoints:
         shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)
     log.info("wrote %s (train loss %.3f%s)", out, metrics["train_loss"],

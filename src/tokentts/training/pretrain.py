@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from tokentts.codecs.neural import NeuralCodec, load_codec
 from tokentts.codecs.neural.codec import CONFIG_FILE as NEURAL_CODEC_CONFIG
-from tokentts.config import write_config
+from tokentts.config import building_directory, write_config
 from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR
 from tokentts.model.tiny import CSM_CHAT_TEMPLATE, SPECIAL_TOKENS, tiny_config, tiny_tokenizer
@@ -176,20 +174,12 @@ def build_initial_model(cfg: PretrainConfig, out_dir: Path) -> Path:
         tokenizer=tokenizer,
         chat_template=CSM_CHAT_TEMPLATE,
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with building_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         if isinstance(codec, NeuralCodec):
             codec.save(tmp / MODEL_CODEC_SUBDIR)
         write_config(cfg, tmp, CONFIG_FILENAME)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     parameters = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("codec_model."))
     log.info("initialised a %.1f M-parameter CSM (%d codebooks of %d) in %s", parameters / 1e6, num_codebooks,
              codebook_size, out_dir)

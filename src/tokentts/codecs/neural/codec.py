@@ -7,9 +7,6 @@ A codec folder holds `codec_config.json` (the `CodecModelConfig`) and `model.saf
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tokentts.codecs.neural.model import CodecModel, CodecModelConfig
-from tokentts.config import build_config, config_to_dict
+from tokentts.config import building_directory, build_config, config_to_dict
 from tokentts.errors import TokenttsError
 
 CONFIG_FILE = "codec_config.json"
@@ -69,17 +66,9 @@ class NeuralCodec:
 
 def save_codec_model(model: CodecModel, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with building_directory(path) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS_FILE))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

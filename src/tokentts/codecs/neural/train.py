@@ -15,10 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +28,7 @@ from tokentts.codecs.neural.codec import CODEC_SUBDIR, NeuralCodec, save_codec_m
 from tokentts.codecs.neural.losses import SpectralLoss
 from tokentts.codecs.neural.model import CodecModel, CodecModelConfig
 from tokentts.codecs.neural.report import build_report, codebook_usage
-from tokentts.config import write_config, write_json_atomic
+from tokentts.config import building_directory, write_config, write_json_atomic
 from tokentts.data.dataset import iter_audio_rows, load_voice_dataset
 from tokentts.errors import TokenttsError
 
@@ -140,18 +137,10 @@ class TrainingState:
 
 
 def save_checkpoint(out: Path, model: CodecModel, optimizer: torch.optim.Optimizer, state: TrainingState) -> None:
-    target = out / CHECKPOINT_SUBDIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_SUBDIR}.", dir=out))
-    try:
+    with building_directory(out / CHECKPOINT_SUBDIR) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": state.step, "seconds": state.seconds}) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_checkpoint(out: Path, model: CodecModel, optimizer: torch.optim.Optimizer) -> TrainingState:
