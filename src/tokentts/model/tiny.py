@@ -59,39 +59,65 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, num_codebooks: int = 8) -> CsmConfig:
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in SPECIAL_TOKENS.items()}
-    # csm-1b's RoPE (llama3 scaling as rewritten by transformers' converter), so the tiny model
-    # exercises the same position code path.
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 1024}
-    codec_config = {
-        "model_type": "mimi", "hidden_size": 32, "num_filters": 4, "codebook_dim": 16,
-        "vector_quantization_hidden_dimension": 16, "upsample_groups": 32, "num_hidden_layers": 1,
-        "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
-        "num_quantizers": num_codebooks, "sliding_window": 64,
-    }
+def small_csm_config(tokenizer: PreTrainedTokenizerFast, *, num_codebooks: int, codebook_size: int = 2048,
+                     hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int, intermediate_size: int,
+                     depth_hidden_size: int, depth_layers: int, depth_heads: int, depth_kv_heads: int,
+                     depth_intermediate_size: int, rope: dict, codec_config: dict,
+                     max_positions: int = 2048) -> CsmConfig:
+    """A CSM config of any size whose special ids come from `tokenizer` (CSM's five special tokens).
+
+    The audio vocabulary is the codec's codes plus csm-1b's three extra ids (2048 codes -> 2051);
+    the last one pads. The depth decoder's RoPE counts codebooks, so its original length is K.
+    """
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()}
+    vocab_size = codebook_size + 3
+    depth_rope = {**rope, "original_max_position_embeddings": num_codebooks} if "original_max_position_embeddings" in rope else rope
     return CsmConfig(
         num_codebooks=num_codebooks,
+        vocab_size=vocab_size,
+        codebook_pad_token_id=vocab_size - 1,
         text_vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_positions,
         rope_parameters=rope,
         bos_token_id=ids["bos_token"],
         pad_token_id=ids["pad_token"],
         audio_token_id=ids["audio_token"],
         audio_eos_token_id=ids["audio_eos_token"],
         depth_decoder_config={
-            "num_codebooks": num_codebooks, "backbone_hidden_size": 64, "hidden_size": 32,
-            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "max_position_embeddings": num_codebooks + 1,
-            "rope_parameters": {**rope, "original_max_position_embeddings": num_codebooks},
+            "num_codebooks": num_codebooks, "vocab_size": vocab_size, "backbone_hidden_size": hidden_size,
+            "hidden_size": depth_hidden_size, "intermediate_size": depth_intermediate_size,
+            "num_hidden_layers": depth_layers, "num_attention_heads": depth_heads,
+            "num_key_value_heads": depth_kv_heads, "max_position_embeddings": num_codebooks + 1,
+            "rope_parameters": depth_rope,
         },
         codec_config=codec_config,
+    )
+
+
+def tiny_mimi_config(num_codebooks: int) -> dict:
+    """A small random Mimi: real classes and code paths, 0.4 M parameters."""
+    return {
+        "model_type": "mimi", "hidden_size": 32, "num_filters": 4, "codebook_dim": 16,
+        "vector_quantization_hidden_dimension": 16, "upsample_groups": 32, "num_hidden_layers": 1,
+        "intermediate_size": 64, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
+        "num_quantizers": num_codebooks, "sliding_window": 64,
+    }
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, num_codebooks: int = 8) -> CsmConfig:
+    # csm-1b's RoPE (llama3 scaling as rewritten by transformers' converter), so the tiny model
+    # exercises the same position code path.
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 1024}
+    return small_csm_config(
+        tokenizer, num_codebooks=num_codebooks, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        intermediate_size=128, depth_hidden_size=32, depth_layers=2, depth_heads=4, depth_kv_heads=2,
+        depth_intermediate_size=64, rope=rope, codec_config=tiny_mimi_config(num_codebooks),
     )
 
 

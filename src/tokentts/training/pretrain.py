@@ -41,7 +41,7 @@ from tokentts.codecs.neural.codec import CONFIG_FILE as NEURAL_CODEC_CONFIG
 from tokentts.config import building_directory, write_config
 from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR
-from tokentts.model.tiny import CSM_CHAT_TEMPLATE, SPECIAL_TOKENS, tiny_config, tiny_tokenizer
+from tokentts.model.tiny import CSM_CHAT_TEMPLATE, small_csm_config, tiny_mimi_config, tiny_tokenizer
 from tokentts.training.config import FinetuneConfig
 from tokentts.training.data import open_dataset
 from tokentts.training.finetune import FinetuneResult, checkpoint_dir, finetune
@@ -49,7 +49,6 @@ from tokentts.training.finetune import FinetuneResult, checkpoint_dir, finetune
 log = logging.getLogger(__name__)
 
 CONFIG_FILENAME = "pretrain_config.json"
-SPECIAL_CODE_IDS = 3  # CSM's audio vocabulary: the codec's codes, then 3 ids it reserves (the last one pads)
 
 # Settings of FinetuneConfig that describe adapting an existing model; pretraining has no CLI flags for them.
 FINETUNE_ONLY = ("model", "method", "merge", "backend", "lora_rank", "lora_alpha", "lora_dropout", "use_rslora",
@@ -120,32 +119,12 @@ def open_codec(spec: str) -> NeuralCodec | MimiModel:
 def csm_config(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerFast, num_codebooks: int, codebook_size: int,
                codec_config: dict) -> CsmConfig:
     """A CSM config sized by `cfg`, predicting `num_codebooks` codes from `codebook_size` per frame."""
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL_TOKENS.items()}
-    vocab_size = codebook_size + SPECIAL_CODE_IDS
-    rope = {"rope_type": "default", "rope_theta": 10000.0}
-    return CsmConfig(
-        num_codebooks=num_codebooks,
-        vocab_size=vocab_size,
-        codebook_pad_token_id=vocab_size - 1,
-        text_vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=4 * cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_positions,
-        rope_parameters=rope,
-        bos_token_id=ids["bos_token"],
-        pad_token_id=ids["pad_token"],
-        audio_token_id=ids["audio_token"],
-        audio_eos_token_id=ids["audio_eos_token"],
-        depth_decoder_config={
-            "num_codebooks": num_codebooks, "vocab_size": vocab_size, "backbone_hidden_size": cfg.hidden_size,
-            "hidden_size": cfg.depth_hidden_size, "intermediate_size": 4 * cfg.depth_hidden_size,
-            "num_hidden_layers": cfg.depth_layers, "num_attention_heads": cfg.depth_heads,
-            "num_key_value_heads": cfg.depth_heads, "max_position_embeddings": num_codebooks + 1, "rope_parameters": rope,
-        },
-        codec_config=codec_config,
+    return small_csm_config(
+        tokenizer, num_codebooks=num_codebooks, codebook_size=codebook_size,
+        hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads, num_kv_heads=cfg.num_heads,
+        intermediate_size=4 * cfg.hidden_size, depth_hidden_size=cfg.depth_hidden_size, depth_layers=cfg.depth_layers,
+        depth_heads=cfg.depth_heads, depth_kv_heads=cfg.depth_heads, depth_intermediate_size=4 * cfg.depth_hidden_size,
+        rope={"rope_type": "default", "rope_theta": 10000.0}, codec_config=codec_config, max_positions=cfg.max_positions,
     )
 
 
@@ -157,7 +136,7 @@ def build_initial_model(cfg: PretrainConfig, out_dir: Path) -> Path:
         if cfg.num_codebooks not in (0, codec.num_codebooks):
             raise TokenttsError(f"the neural codec has {codec.num_codebooks} codebooks; the model must predict all of them")
         num_codebooks, codebook_size = codec.num_codebooks, codec.codebook_size
-        codec_config = tiny_config(tokenizer, num_codebooks).codec_config  # the unused placeholder Mimi
+        codec_config = tiny_mimi_config(num_codebooks)  # the unused placeholder Mimi
         sample_rate = codec.sample_rate
     else:
         num_codebooks = cfg.num_codebooks or codec.config.num_quantizers
