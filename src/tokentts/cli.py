@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from tokentts.errors import TokenttsError
 
@@ -48,6 +49,8 @@ def _quiet_libraries() -> None:
     bars) out of the user's progress output; --verbose shows it."""
     for name in ("faster_whisper", "httpx", "urllib3", "filelock"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Deprecations inside transformers/peft are theirs to fix, not the user's to read.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:

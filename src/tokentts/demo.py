@@ -132,10 +132,12 @@ def run_demo(config: DemoConfig) -> Path:
                                 reference_text=reference_text, sentences=out / "test_sentences.txt",
                                 samples_per_sentence=config.samples_per_sentence, seed=config.seed,
                                 max_seconds=config.max_seconds)
-    total = 4 * len(test) * config.samples_per_sentence
+    per_condition = len(test) * config.samples_per_sentence
+    total = 4 * per_condition
 
     def progress(done: int, total_samples: int) -> None:
-        print(f"\r      sample {done}/{total_samples}", end="\n" if done == total_samples else "", flush=True)
+        if done % per_condition == 0:
+            print(f"      {done // per_condition}/4 conditions scored ({done}/{total_samples} samples)", flush=True)
 
     report = evaluate(evaluation, progress=progress)
     report_dir = write_reports(report, out / "report")
