@@ -23,6 +23,22 @@ CHROMIUM_ARGS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random tiny CSM in csm-1b's on-disk format (8 codebooks); one per test module, since
+    `Generator` re-points the model's weights and some tests change the model."""
+    from tokentts.model import save_tiny_csm
+
+    return save_tiny_csm(tmp_path_factory.mktemp("tiny"), num_codebooks=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dir):
+    from tokentts.model import load_model
+
+    return load_model(tiny_dir)
+
+
 @pytest.fixture(scope="session")
 def chromium():
     """A Playwright Browser on the system Chromium; tests that need a page use `browser_page`."""

@@ -12,21 +12,11 @@ from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
 from tokentts.generation.engine import Int8Weight, sample_codes
 from tokentts.generation.text import split_sentences
-from tokentts.model import Segment, load_model, save_tiny_csm
+from tokentts.model import Segment, load_model
 
 GREEDY = dict(greedy=True, runaway_seconds=0)
 # transformers' generate may pick the model's padding ids 2048..2050; our engine never does.
 NOT_AUDIO = [2048, 2049, 2050]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_csm(tmp_path_factory.mktemp("tiny"), num_codebooks=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    return load_model(tiny_dir)
 
 
 @pytest.fixture(scope="module")

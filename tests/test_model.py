@@ -15,16 +15,6 @@ from tokentts.model.prompt import load_reference, tokenize_text
 from tokentts.model.tiny import tiny_config, tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_csm(tmp_path_factory.mktemp("tiny"), num_codebooks=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    return load_model(tiny_dir)
-
-
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * 24000)) * 0.1).astype(np.float32)
 

@@ -29,7 +29,7 @@ import uvicorn
 from tokentts.audio import SAMPLE_RATE, decode_audio, encode_audio
 from tokentts.audio.synth import EspeakVoice, synthesize_espeak, synthesize_piper
 from tokentts.cli import main
-from tokentts.model import LoadedModel, load_model, save_tiny_csm
+from tokentts.model import LoadedModel, load_model
 from tokentts.serving import ServeConfig, create_app
 from tokentts.serving.streaming import RESPONSE_FORMATS
 from tokentts.serving.voices import VoiceStore
@@ -42,11 +42,6 @@ ANSWER_SAMPLES = 28_800
 
 
 # ---- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_csm(tmp_path_factory.mktemp("tiny-csm"))
 
 
 @pytest.fixture(scope="module")
