@@ -16,11 +16,15 @@ from tokentts.audio import load_audio
 from tokentts.cli import main
 from tokentts.codecs.mimi import MimiCodec
 from tokentts.codecs.neural import CodecModel, CodecModelConfig, NeuralCodec
-from tokentts.data.dataset import clips_to_dataset
+from tokentts.data.dataset import Clip, clips_to_dataset
 from tokentts.data.synthetic import build_synthetic_corpus
 from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
 from tokentts.model import load_model, save_tiny_csm
+from tokentts.model.loading import SPEAKING_RATE_FILENAME
+from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY, TextLayout
+from tokentts.training.config import FinetuneConfig
+from tokentts.training.finetune import finetune
 from tokentts.training.pretrain import PretrainConfig, init_dir, pretrain
 
 # A codec and a model small enough to train for dozens of steps in a second or two.
@@ -49,7 +53,8 @@ def work(tmp_path_factory) -> dict[str, Path]:
     with torch.no_grad():
         codec_model(torch.from_numpy(clips[0].audio)[None])
     NeuralCodec(codec_model).save(root / "codec")
-    return {"root": root, "data": root / "corpus", "codec": root / "codec", "cache": root / "cache", "texts": [c.text for c in clips]}
+    return {"root": root, "data": root / "corpus", "codec": root / "codec", "cache": root / "cache", "texts": [c.text for c in clips],
+            "audio": [c.audio for c in clips]}
 
 
 def config(work: dict[str, Path], out: str, **overrides) -> PretrainConfig:
@@ -77,6 +82,12 @@ def test_loss_falls_and_the_output_is_a_model_folder_with_its_neural_codec(work,
     config_ = loaded.model.config
     assert config_.num_codebooks == 4 and config_.vocab_size == 32 + 3 and config_.codebook_pad_token_id == 34
     assert config_.hidden_size == 64 and config_.depth_decoder_config.hidden_size == 32
+    # The aligned text layout, and the corpus's speaking rate (frames per text token) to place new text with.
+    layout = TextLayout.of(config_)
+    codec = loaded.codec
+    frames = sum(codec.encode(load_audio_row).shape[1] for load_audio_row in work["audio"])
+    tokens = sum(len(text.encode()) for text in work["texts"])
+    assert layout.aligned and layout.frames_per_token == pytest.approx(frames / tokens, rel=1e-3)
     # The model folder carries the very codec it was trained with.
     assert all(torch.equal(a, b) for a, b in zip(load_file(work["codec"] / "model.safetensors").values(),
                                                  load_file(out / "codec" / "model.safetensors").values()))
@@ -125,6 +136,21 @@ def test_a_mimi_codec_becomes_the_models_own_codec_model(work):
     assert loaded.model.config.num_codebooks == 4 and loaded.model.config.vocab_size == 2048 + 3
     wav = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
     assert torch.equal(loaded.codec.encode(wav), MimiCodec(tiny.model.codec_model, num_codebooks=4).encode(wav))
+
+
+def test_a_lora_voice_of_the_aligned_model_carries_its_own_speaking_rate(work, pretrained):
+    """Fine-tuning the pretrained (aligned) model on one speaker, at half speed, records that speaker's
+    rate with the adapter, and load_model applies it."""
+    slow = [Clip(np.repeat(c.audio, 2), c.text, "0", 0.0, 2 * c.end, c.source_file)
+            for c in build_synthetic_corpus(speakers=1, clips_per_speaker=2, seed=3)]
+    clips_to_dataset(slow).save_to_disk(str(work["root"] / "slow"))
+    adapter = finetune(FinetuneConfig(dataset=str(work["root"] / "slow"), model=str(pretrained.output_dir),
+                                      output_dir=work["root"] / "slow-lora", cache_dir=work["cache"], device="cpu",
+                                      eval_fraction=0.0, batch_size=2, max_steps=2, save_steps=1000)).output_dir
+    rate = json.loads((adapter / SPEAKING_RATE_FILENAME).read_text())[FRAMES_PER_TOKEN_KEY]
+    base_rate = TextLayout.of(load_model(pretrained.output_dir, device="cpu").model.config).frames_per_token
+    assert rate > 1.5 * base_rate
+    assert TextLayout.of(load_model(pretrained.output_dir, adapter, device="cpu").model.config).frames_per_token == rate
 
 
 def test_settings_that_contradict_pretraining_are_refused():

@@ -304,9 +304,11 @@ class _Batch:
     """State of one batched generation: left-padded prompts sharing cache slots."""
 
     pad: torch.LongTensor  # [B] left padding of each row
+    position_offset: torch.LongTensor  # [B] RoPE position of a row's frame in slot s: s + offset
     length: int  # slots filled so far
     valid: torch.BoolTensor  # [B, L] slots a row may attend to
     padded: bool  # whether any row has padding (else no attention mask is needed)
+    shared_positions: bool  # every row's frame in slot s is at position s (one int, no gather)
 
 
 class Generator:
@@ -373,14 +375,14 @@ class Generator:
             return []
         start = time.perf_counter()
         generator = self._rng(sampling.seed)
-        context_prompt = self._context_prompt(context)
+        context = self._encode_context(context)
         chunks = [split_sentences(t, self.max_chunk_chars) for t in texts]
         codes: list[list[torch.LongTensor]] = [[] for _ in texts]
         reasons: list[str] = ["eos"] * len(texts)
         previous: list[Segment | None] = [None] * len(texts)
         for round_index in range(max(len(c) for c in chunks)):
             rows = [i for i, c in enumerate(chunks) if round_index < len(c)]
-            prompts = [self._target_prompt(context_prompt, previous[i], chunks[i][round_index], speaker) for i in rows]
+            prompts = [self._target_prompt(context, previous[i], chunks[i][round_index], speaker) for i in rows]
             max_frames = self._frame_budget(prompts, sampling)
             frames, row_reasons = self._run(prompts, sampling, max_frames, generator)
             for i, row_frames, reason in zip(rows, frames, row_reasons):
@@ -401,13 +403,13 @@ class Generator:
         """Yield audio chunks as frames are produced: a short first chunk for low latency, then
         `chunk_frames` frames at a time, decoded with left context so chunks join seamlessly."""
         generator = self._rng(sampling.seed)
-        context_prompt = self._context_prompt(context)
+        context = self._encode_context(context)
         decoder = StreamingDecoder(self.codec, self.stream_context_frames)
         previous: Segment | None = None
         pending: list[torch.LongTensor] = []
         emitted_any = False
         for chunk_text in split_sentences(text, self.max_chunk_chars):
-            prompt = self._target_prompt(context_prompt, previous, chunk_text, speaker)
+            prompt = self._target_prompt(context, previous, chunk_text, speaker)
             max_frames = self._frame_budget([prompt], sampling)
             chunk_codes = []
             for frame in self._frames([prompt], sampling, max_frames, generator):
@@ -436,19 +438,19 @@ class Generator:
             generator.manual_seed(seed)
         return generator
 
-    def _context_prompt(self, context: Sequence[Segment]) -> Prompt | None:
+    def _encode_context(self, context: Sequence[Segment]) -> list[Segment]:
+        """The voice context with its audio encoded once (every text chunk reuses the codes)."""
         for segment in context:
             if not segment.has_audio:
                 raise TokenttsError(f"context segment {segment.text[:40]!r} has no audio")
-        return build_prompt(list(context), self.loaded) if context else None
+        to_encode = [s for s in context if s.codes is None]
+        encoded = iter(self.codec.encode_batch([np.asarray(s.audio, dtype=np.float32) for s in to_encode]))
+        return [s if s.codes is not None else Segment(s.speaker, s.text, codes=next(encoded)) for s in context]
 
-    def _target_prompt(self, context: Prompt | None, previous: Segment | None, text: str, speaker: str) -> Prompt:
-        parts = [] if context is None else [context]
-        if previous is not None and previous.codes.shape[1] > 0:
-            parts.append(build_prompt([previous], self.loaded))
-        parts.append(build_prompt([Segment(speaker, text)], self.loaded))
-        prompt = Prompt.cat(parts)
-        if previous is not None and len(prompt) > self.max_positions // 2:
+    def _target_prompt(self, context: list[Segment], previous: Segment | None, text: str, speaker: str) -> Prompt:
+        with_previous = [previous] if previous is not None and previous.codes.shape[1] > 0 else []
+        prompt = build_prompt([*context, *with_previous, Segment(speaker, text)], self.loaded)
+        if with_previous and len(prompt) > self.max_positions // 2:
             # The previous chunk is only there to keep the voice steady; drop it before it crowds
             # out the room left for new audio.
             return self._target_prompt(context, None, text, speaker)
@@ -527,15 +529,23 @@ class Generator:
         width = self.num_codebooks + 1
         tokens = torch.zeros(len(prompts), longest, width, dtype=torch.long)
         mask = torch.zeros(len(prompts), longest, width, dtype=torch.bool)
+        positions = torch.zeros(len(prompts), longest, dtype=torch.long)
         pad = torch.tensor([longest - len(p) for p in prompts])
         for row, prompt in enumerate(prompts):
             tokens[row, pad[row]:] = prompt.tokens
             mask[row, pad[row]:] = prompt.mask
-        tokens, mask, pad = tokens.to(self.device), mask.to(self.device), pad.to(self.device)
+            positions[row, pad[row]:] = prompt.positions
+        # Generated frames continue from each prompt's next_position, one position per slot.
+        offset = torch.tensor([p.next_position - longest for p in prompts])
+        if int(positions.max()) + max(0, int(offset.max())) >= self.max_positions:
+            raise TokenttsError(f"the text is too long for the model's {self.max_positions} positions")
+        tokens, mask, pad, offset = (t.to(self.device) for t in (tokens, mask, pad, offset))
         slots = torch.arange(longest, device=self.device)
         valid = torch.arange(self.max_positions, device=self.device)[None] >= pad[:, None]  # [B, L]
-        state = _Batch(pad=pad, length=longest, valid=valid, padded=bool(pad.any()))
-        positions = (slots[None] - pad[:, None]).clamp(min=0) if state.padded else 0
+        sequential = all(torch.equal(p.positions, torch.arange(len(p))) and p.next_position == len(p) for p in prompts)
+        state = _Batch(pad=pad, position_offset=offset, length=longest, valid=valid, padded=bool(pad.any()),
+                       shared_positions=sequential and not pad.any())
+        positions = 0 if state.shared_positions else positions.to(self.device)
         attn_mask = None
         if state.padded:
             causal = slots[:, None] >= slots[None, :]
@@ -552,14 +562,15 @@ class Generator:
         slot = state.length
         state.length += 1
         embeds = self.model.backbone_model.embed_tokens(codes[:, None, :])  # [B, 1, H]
-        positions = (slot - state.pad)[:, None]  # per row, for left-padded batches
+        positions = (slot + state.position_offset)[:, None]  # per row: left padding, aligned text layout
         slots = self._slot_index[slot : slot + 1]
         if self.static_shapes:  # tensors only: a Python int would be baked into the compiled graph
             attn_mask = (state.valid & (self._slot_index <= slot))[:, None, None]
             hidden = self._backbone_step(embeds, positions, slots, self.max_positions, attn_mask)
         else:
             attn_mask = state.valid[:, None, None, : slot + 1] if state.padded else None
-            hidden = self._backbone_step(embeds, positions if state.padded else slot, slots, slot + 1, attn_mask)
+            hidden = self._backbone_step(embeds, slot if state.shared_positions else positions, slots, slot + 1,
+                                         attn_mask)
         return hidden[:, -1]
 
     def _backbone_forward(self, embeds, positions, slots, kv_len, attn_mask):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,15 @@ from tokentts.codecs.base import Codec
 from tokentts.codecs.mimi import MimiCodec
 from tokentts.codecs.neural import load_codec
 from tokentts.errors import TokenttsError
+from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY
 
 log = logging.getLogger(__name__)
 
 # A model folder whose audio codec is not its own Mimi (`codec_model`) keeps that codec here, as a
 # saved neural codec (see tokentts.training.pretrain); `codec_model` is then an unused placeholder.
 MODEL_CODEC_SUBDIR = "codec"
+# An adapter for a model with the aligned text layout carries its voice's speaking rate here.
+SPEAKING_RATE_FILENAME = "speaking_rate.json"
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -127,6 +131,9 @@ def load_model(model: str | Path, adapter: str | Path | None = None, device: str
             raise TokenttsError(f"adapter folder {adapter} does not exist")
         csm = _apply_adapter(csm, adapter_path, source)
         check_tied_audio_embeddings(csm)
+        if (adapter_path / SPEAKING_RATE_FILENAME).is_file():
+            rate = json.loads((adapter_path / SPEAKING_RATE_FILENAME).read_text())[FRAMES_PER_TOKEN_KEY]
+            setattr(csm.config, FRAMES_PER_TOKEN_KEY, float(rate))
     csm = csm.to(chosen_device).eval()
     codec_dir = Path(source) / MODEL_CODEC_SUBDIR
     codec = load_codec(codec_dir) if codec_dir.is_dir() else MimiCodec(csm.codec_model, num_codebooks=csm.config.num_codebooks)

@@ -10,6 +10,14 @@ The text column of audio frames holds `<|AUDIO|>` (end-of-audio frame: `<|audio_
 `Prompt.input_ids` is exactly what transformers' `CsmProcessor` produces, and `Prompt.audio_codes`
 what `CsmForConditionalGeneration` would get from its codec. A frame's embedding is its text
 embedding (text frames) or the sum of its K code embeddings (audio frames), as in the model.
+
+Each frame also has a RoPE position. csm-1b numbers frames 0, 1, 2, ... ("sequential"). Models
+pretrained here may use the "aligned" layout instead: a segment's text tokens are spread evenly
+over the positions of its audio frames, so that the audio frame at position p finds the text it
+speaks near relative distance 0. A small model learns that local attention in minutes, where the
+sequential layout leaves it to discover the text-to-audio alignment (which, on a CPU budget, it
+does not). For the text to speak, the audio's length is not known yet: the text is spread over an
+estimate from the speaking rate (frames per text token) of the voice context or of the model.
 """
 
 from __future__ import annotations
@@ -39,10 +47,32 @@ class Segment:
         return self.audio is not None or self.codes is not None
 
 
+SEQUENTIAL, ALIGNED = "sequential", "aligned"
+TEXT_POSITIONS_KEY = "tokentts_text_positions"  # CsmConfig attribute: SEQUENTIAL (default) or ALIGNED
+FRAMES_PER_TOKEN_KEY = "tokentts_frames_per_token"  # CsmConfig attribute: the model's speaking rate (aligned)
+
+
+@dataclass(frozen=True)
+class TextLayout:
+    """How a model places text positions (read from its config; csm-1b: sequential)."""
+
+    aligned: bool = False
+    frames_per_token: float = 0.0  # speaking rate used when no voice context gives one
+
+    @classmethod
+    def of(cls, config) -> TextLayout:
+        layout = getattr(config, TEXT_POSITIONS_KEY, SEQUENTIAL) or SEQUENTIAL
+        if layout not in (SEQUENTIAL, ALIGNED):
+            raise TokenttsError(f"unknown text position layout {layout!r} in the model config")
+        return cls(layout == ALIGNED, float(getattr(config, FRAMES_PER_TOKEN_KEY, 0.0) or 0.0))
+
+
 @dataclass
 class Prompt:
     tokens: torch.LongTensor  # [T, K + 1]: K codes, then the text token
     mask: torch.BoolTensor  # [T, K + 1]: which columns are in use
+    positions: torch.LongTensor  # [T] RoPE positions, relative to the prompt's start
+    next_position: int  # position of the frame that would follow (where generated audio starts)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -63,7 +93,13 @@ class Prompt:
 
     @staticmethod
     def cat(parts: Sequence[Prompt]) -> Prompt:
-        return Prompt(torch.cat([p.tokens for p in parts]), torch.cat([p.mask for p in parts]))
+        """Parts one after the other: each part's positions start at the previous part's next_position."""
+        offset, positions = 0, []
+        for part in parts:
+            positions.append(part.positions + offset)
+            offset += part.next_position
+        return Prompt(torch.cat([p.tokens for p in parts]), torch.cat([p.mask for p in parts]),
+                      torch.cat(positions), offset)
 
 
 def check_speaker(speaker: str) -> str:
@@ -89,13 +125,30 @@ def tokenize_text(tokenizer, speaker: str, text: str) -> list[int]:
     return [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
 
 
+def header_length(tokenizer, speaker: str) -> int:
+    """Tokens before the text itself in `tokenize_text`'s output: `<|begin_of_text|>[speaker]`."""
+    return 1 + len(tokenizer.encode(f"[{check_speaker(speaker)}]", add_special_tokens=False))
+
+
 def text_frames(token_ids: Sequence[int], num_codebooks: int) -> Prompt:
     n = len(token_ids)
     tokens = torch.zeros(n, num_codebooks + 1, dtype=torch.long)
     tokens[:, -1] = torch.tensor(token_ids, dtype=torch.long)
     mask = torch.zeros(n, num_codebooks + 1, dtype=torch.bool)
     mask[:, -1] = True
-    return Prompt(tokens, mask)
+    return Prompt(tokens, mask, torch.arange(n), n)
+
+
+def align_text(text: Prompt, header_tokens: int, num_frames: int) -> Prompt:
+    """Text frames in the aligned layout, for audio of `num_frames` frames at positions 0..num_frames - 1:
+    the header (`<|begin_of_text|>[speaker]`) at 0, each text token at the middle of its even share
+    of [0, num_frames), the end-of-text token at num_frames. The audio that follows starts at 0."""
+    body = len(text) - header_tokens - 1
+    if body < 1 or num_frames < 1:
+        raise ValueError("aligned text needs at least one text token and one audio frame")
+    spread = ((torch.arange(body, dtype=torch.float64) + 0.5) * (num_frames / body)).long()
+    positions = torch.cat([torch.zeros(header_tokens, dtype=torch.long), spread, torch.tensor([num_frames])])
+    return Prompt(text.tokens, text.mask, positions, 0)
 
 
 def audio_frames(codes: torch.LongTensor, audio_token_id: int, audio_eos_token_id: int) -> Prompt:
@@ -107,27 +160,61 @@ def audio_frames(codes: torch.LongTensor, audio_token_id: int, audio_eos_token_i
     tokens[n, -1] = audio_eos_token_id
     mask = torch.zeros(n + 1, num_codebooks + 1, dtype=torch.bool)
     mask[:, :-1] = True
-    return Prompt(tokens, mask)
+    return Prompt(tokens, mask, torch.arange(n + 1), n + 1)
 
 
-def build_prompt(segments: Sequence[Segment], loaded) -> Prompt:
+def segment_frames(text_ids: Sequence[int], codes: torch.LongTensor | None, *, num_codebooks: int,
+                   audio_token_id: int, audio_eos_token_id: int, aligned: bool = False, header_tokens: int = 0,
+                   target_frames: int = 0) -> Prompt:
+    """One segment's frames: its text, then (when it has `codes` [K, T]) its audio and end-of-audio.
+    In the aligned layout a target without audio spreads its text over `target_frames` frames."""
+    text = text_frames(text_ids, num_codebooks)
+    if aligned:
+        text = align_text(text, header_tokens, codes.shape[1] if codes is not None else target_frames)
+    if codes is None:
+        return text
+    return Prompt.cat([text, audio_frames(codes, audio_token_id, audio_eos_token_id)])
+
+
+def speaking_rate(segments: Sequence[tuple[int, int]]) -> float | None:
+    """Frames per text token over (text tokens, audio frames) pairs; None when there are none."""
+    tokens = sum(t for t, _ in segments)
+    frames = sum(f for _, f in segments)
+    return frames / tokens if tokens and frames else None
+
+
+def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | None = None) -> Prompt:
     """Frames for a conversation: every segment's text, then its audio (if any) and end-of-audio.
 
     The last segment is normally the target (text only): generation continues after its text.
-    `loaded` is a `tokentts.model.LoadedModel`.
+    `loaded` is a `tokentts.model.LoadedModel`. In the aligned layout, a segment without audio is
+    spread over its text length times `frames_per_token` (default: the rate of the segments with
+    audio, else the model's).
     """
     config = loaded.model.config
     tokenizer = loaded.processor.tokenizer
     to_encode = [s.audio for s in segments if s.codes is None and s.audio is not None]
     encoded = iter(loaded.codec.encode_batch([np.asarray(a, dtype=np.float32) for a in to_encode]))
-    parts: list[Prompt] = []
+    rows = []
     for segment in segments:
-        parts.append(text_frames(tokenize_text(tokenizer, segment.speaker, segment.text), config.num_codebooks))
+        text_ids = tokenize_text(tokenizer, segment.speaker, segment.text)
+        header = header_length(tokenizer, segment.speaker)
+        codes = None
         if segment.has_audio:
             codes = segment.codes if segment.codes is not None else next(encoded)
             if codes.shape[0] != config.num_codebooks:
                 raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
-            parts.append(audio_frames(codes, config.audio_token_id, config.audio_eos_token_id))
+        rows.append((text_ids, header, codes))
+    layout = TextLayout.of(config)
+    if frames_per_token is None and layout.aligned:
+        rate = speaking_rate([(len(t) - h - 1, c.shape[1]) for t, h, c in rows if c is not None])
+        frames_per_token = rate or layout.frames_per_token
+        if not frames_per_token:
+            raise TokenttsError("the model config has no speaking rate for its aligned text layout")
+    parts = [segment_frames(text_ids, codes, num_codebooks=config.num_codebooks, audio_token_id=config.audio_token_id,
+                            audio_eos_token_id=config.audio_eos_token_id, aligned=layout.aligned, header_tokens=header,
+                            target_frames=max(1, round((len(text_ids) - header - 1) * (frames_per_token or 0))))
+             for text_ids, header, codes in rows]
     return Prompt.cat(parts)
 
 

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tokentts.errors import TokenttsError
-from tokentts.model.prompt import Prompt, audio_frames, text_frames, tokenize_text
+from tokentts.model.prompt import Prompt, header_length, segment_frames, tokenize_text
 from tokentts.training.data import EncodedClip
 
 IGNORE = -100  # label value the loss skips
@@ -40,6 +40,7 @@ class TrainingClip:
     speaker: str
     text_ids: list[int]  # <bos>[speaker]text<eos>
     codes: torch.Tensor  # [K, T]
+    header_tokens: int  # of text_ids, the <bos>[speaker] part
 
     @property
     def num_positions(self) -> int:
@@ -58,7 +59,7 @@ def tokenize_clips(clips: list[EncodedClip], tokenizer: Any, max_text_tokens: in
         except TokenttsError:
             dropped["text the tokenizer cannot encode"] += 1
             continue
-        item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes)
+        item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes, header_length(tokenizer, clip.speaker))
         if len(text_ids) > max_text_tokens:
             dropped[f"text over {max_text_tokens} tokens"] += 1
         elif item.num_positions > max_positions:
@@ -73,8 +74,11 @@ class CsmTrainingDataset(Dataset):
 
     def __init__(self, clips: list[TrainingClip], *, audio_token_id: int, audio_eos_token_id: int,
                  depth_frame_fraction: float, context_probability: float = 0.0,
-                 context_pool: list[TrainingClip] | None = None, max_positions: int = 2048, seed: int = 0):
+                 context_pool: list[TrainingClip] | None = None, max_positions: int = 2048, seed: int = 0,
+                 aligned: bool = False):
+        """`aligned`: the model's text layout (`tokentts.model.prompt.TextLayout`)."""
         self.clips = clips
+        self.aligned = aligned
         self.audio_token_id = audio_token_id
         self.audio_eos_token_id = audio_eos_token_id
         self.depth_frame_fraction = depth_frame_fraction
@@ -105,17 +109,16 @@ class CsmTrainingDataset(Dataset):
         context = candidates[rng.integers(len(candidates))]
         return context if context.num_positions + target.num_positions <= self.max_positions else None
 
-    def _frames(self, clip: TrainingClip) -> list[Prompt]:
-        num_codebooks = clip.codes.shape[0]
-        return [text_frames(clip.text_ids, num_codebooks),
-                audio_frames(clip.codes.long(), self.audio_token_id, self.audio_eos_token_id)]
+    def _frames(self, clip: TrainingClip) -> Prompt:
+        return segment_frames(clip.text_ids, clip.codes.long(), num_codebooks=clip.codes.shape[0],
+                              audio_token_id=self.audio_token_id, audio_eos_token_id=self.audio_eos_token_id,
+                              aligned=self.aligned, header_tokens=clip.header_tokens)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         target = self.clips[index]
         context = self._context_for(target, rng)
-        parts = (self._frames(context) if context else []) + self._frames(target)
-        prompt = Prompt.cat(parts)
+        prompt = Prompt.cat(([self._frames(context)] if context else []) + [self._frames(target)])
         first_audio = len(prompt) - target.codes.shape[1] - 1
         labels = torch.full(prompt.audio_codes.shape, IGNORE, dtype=torch.long)
         labels[first_audio:] = prompt.audio_codes[first_audio:]
@@ -124,7 +127,7 @@ class CsmTrainingDataset(Dataset):
         num_depth = math.ceil(self.depth_frame_fraction * num_audio)
         skipped = rng.permutation(num_audio)[num_depth:]
         labels[first_audio + torch.from_numpy(skipped), 1:] = IGNORE
-        return {"tokens": prompt.tokens, "mask": prompt.mask, "labels": labels}
+        return {"tokens": prompt.tokens, "mask": prompt.mask, "labels": labels, "position_ids": prompt.positions}
 
 
 def collate_frames(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -135,10 +138,11 @@ def collate_frames(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
         "mask": torch.zeros(len(examples), longest, examples[0]["mask"].shape[1], dtype=torch.bool),
         "labels": torch.full((len(examples), longest, examples[0]["labels"].shape[1]), IGNORE, dtype=torch.long),
         "attention_mask": torch.zeros(len(examples), longest, dtype=torch.long),
+        "position_ids": torch.zeros(len(examples), longest, dtype=torch.long),
     }
     for row, example in enumerate(examples):
         n = len(example["tokens"])
-        for key in ("tokens", "mask", "labels"):
+        for key in ("tokens", "mask", "labels", "position_ids"):
             batch[key][row, :n] = example[key]
         batch["attention_mask"][row, :n] = 1
     return batch

@@ -30,7 +30,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from tokentts.codecs.mimi import MimiCodec
 from tokentts.config import building_directory, write_config, write_json_atomic
 from tokentts.errors import TokenttsError
-from tokentts.model.loading import MODEL_CODEC_SUBDIR, load_model
+from tokentts.model.loading import MODEL_CODEC_SUBDIR, SPEAKING_RATE_FILENAME, load_model
+from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY, TextLayout, speaking_rate
 from tokentts.training.config import FinetuneConfig
 from tokentts.training.data import EncodedDataset, encode_dataset, open_dataset
 from tokentts.training.examples import CsmTrainingDataset, TrainingClip, collate_frames, tokenize_clips
@@ -172,7 +173,8 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
     # Context clips come from the training split only, for the evaluation examples too.
     settings = dict(audio_token_id=csm_config.audio_token_id, audio_eos_token_id=csm_config.audio_eos_token_id,
                     depth_frame_fraction=cfg.depth_frame_fraction, context_probability=cfg.context_probability,
-                    context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed)
+                    context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed,
+                    aligned=TextLayout.of(csm_config).aligned)
     return (CsmTrainingDataset(train_clips, **settings),
             CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped)
 
@@ -197,6 +199,10 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     with state.main_process_first():
         encoded = encode_dataset(source, codec, cfg, speaker_column, state.device)
     train_set, eval_set, dropped = build_datasets(cfg, encoded, processor.tokenizer, csm_config)
+    if train_set.aligned:
+        # The voice's speaking rate, which places the text of new sentences (tokentts.model.prompt).
+        rate = speaking_rate([(len(c.text_ids) - c.header_tokens - 1, c.codes.shape[1]) for c in train_set.clips])
+        setattr(csm_config, FRAMES_PER_TOKEN_KEY, round(rate, 4))
 
     trainer = CsmTrainer(
         model=model,
@@ -255,6 +261,9 @@ def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, m
                 shutil.copytree(codec_dir, tmp / MODEL_CODEC_SUBDIR)
         else:
             model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
+            rate = getattr(unwrap_csm(model).config, FRAMES_PER_TOKEN_KEY, None)
+            if rate:  # the base config is not saved with an adapter; load_model applies this file
+                write_json_atomic(tmp / SPEAKING_RATE_FILENAME, {FRAMES_PER_TOKEN_KEY: rate})
         write_config(cfg, tmp, filename=CONFIG_FILENAME)
         write_json_atomic(tmp / METRICS_FILENAME, metrics)
         plot_loss_curves(metrics["log_history"], tmp / PLOT_FILENAME)

@@ -46,7 +46,8 @@ def csm_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
     the codec never runs during training.
     """
     inputs_embeds = embed_frames(unwrap_csm(model), batch["tokens"], batch["mask"])
-    outputs = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], labels=batch["labels"], use_cache=False)
+    outputs = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False)
     return outputs.backbone_loss, outputs.depth_decoder_loss
 
 

@@ -1,0 +1,122 @@
+"""The aligned text layout (tokentts.model.prompt): positions, training examples that equal the
+generation prompt, our engine against transformers' forward with the same positions, and the
+speaking rate that pretraining and LoRA fine-tuning record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tokentts.generation import Generator, SamplingConfig
+from tokentts.model import Segment, build_prompt, load_model, save_tiny_csm
+from tokentts.model.prompt import (
+    ALIGNED,
+    FRAMES_PER_TOKEN_KEY,
+    TEXT_POSITIONS_KEY,
+    Prompt,
+    TextLayout,
+    align_text,
+    audio_frames,
+    embed_frames,
+    header_length,
+    text_frames,
+    tokenize_text,
+)
+from tokentts.training.examples import CsmTrainingDataset, TrainingClip
+
+RATE = 2.0  # frames per text token of the test model
+
+
+@pytest.fixture(scope="module")
+def aligned_dir(tmp_path_factory):
+    """The tiny random CSM, saved with the aligned layout in its config (as `pretrain` writes it)."""
+    folder = save_tiny_csm(tmp_path_factory.mktemp("aligned"), num_codebooks=8, seed=1)
+    config = json.loads((folder / "config.json").read_text())
+    config.update({TEXT_POSITIONS_KEY: ALIGNED, FRAMES_PER_TOKEN_KEY: RATE})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def aligned(aligned_dir):
+    return load_model(aligned_dir, device="cpu")
+
+
+def random_codes(frames: int, seed: int = 0) -> torch.LongTensor:
+    return torch.randint(1, 2048, (8, frames), generator=torch.Generator().manual_seed(seed))
+
+
+def test_text_is_spread_over_the_audio_it_speaks():
+    text = text_frames(list(range(11)), num_codebooks=8)  # <bos> [ 0 ] + 6 text tokens + <eos>
+    spread = align_text(text, header_tokens=4, num_frames=12)
+    assert spread.positions.tolist() == [0, 0, 0, 0, 1, 3, 5, 7, 9, 11, 12]
+    segment = Prompt.cat([spread, audio_frames(random_codes(12), 9, 10)])
+    # Audio frame t sits at position t, the end-of-audio frame at 12; the next segment starts at 13.
+    assert segment.positions[11:].tolist() == list(range(13)) and segment.next_position == 13
+    assert Prompt.cat([segment, spread]).positions[-1] == 13 + 12
+
+
+def test_csm_1b_layout_is_unchanged(loaded):
+    """A model without the aligned setting numbers frames 0, 1, 2, ... as csm-1b does."""
+    assert not TextLayout.of(loaded.model.config).aligned
+    prompt = build_prompt([Segment("0", "Hi there.", codes=random_codes(5)), Segment("0", "And you?")], loaded)
+    assert prompt.positions.tolist() == list(range(len(prompt))) and prompt.next_position == len(prompt)
+
+
+def test_target_text_spreads_over_the_context_speaking_rate(aligned):
+    tokenizer = aligned.processor.tokenizer
+    context = Segment("0", "Ten words.", codes=random_codes(30))  # 10 text tokens -> 3 frames per token
+    prompt = build_prompt([context, Segment("0", "Four")], aligned)
+    context_len = len(tokenize_text(tokenizer, "0", context.text)) + 30 + 1
+    target = prompt.positions[context_len:]
+    assert target[0] == 31 and target[-1] == 31 + 4 * 3 and prompt.next_position == 31
+    # Without audio in the prompt, the model's own rate applies.
+    alone = build_prompt([Segment("0", "Four")], aligned)
+    assert alone.positions[-1] == 4 * RATE and alone.next_position == 0
+
+
+def test_training_example_is_the_generation_prompt(aligned):
+    """What the model learns from is laid out exactly as what it later continues from."""
+    tokenizer, config = aligned.processor.tokenizer, aligned.model.config
+    clips = [TrainingClip(row, "0", tokenize_text(tokenizer, "0", text), random_codes(frames, row),
+                          header_length(tokenizer, "0"))
+             for row, (text, frames) in enumerate([("First clip.", 17), ("The second one.", 23)])]
+    dataset = CsmTrainingDataset(clips, audio_token_id=config.audio_token_id,
+                                 audio_eos_token_id=config.audio_eos_token_id, depth_frame_fraction=1.0,
+                                 context_probability=1.0, aligned=True)
+    example = dataset[1]  # clip 0 as context, clip 1 as target
+    prompt = build_prompt([Segment("0", "First clip.", codes=clips[0].codes),
+                           Segment("0", "The second one.", codes=clips[1].codes)], aligned)
+    assert torch.equal(example["tokens"], prompt.tokens) and torch.equal(example["position_ids"], prompt.positions)
+
+
+def test_engine_matches_transformers_forward_with_aligned_positions(aligned):
+    """Greedy frames from our engine, teacher-forced through transformers' CSM with the positions the
+    layout prescribes, are the frames transformers would pick: the engine places every generated frame
+    where training put it."""
+    frames = 12
+    context = [Segment("0", "A reference clip.", codes=random_codes(20, seed=5))]
+    result = Generator(aligned).generate("Say this now.", "0", context,
+                                         SamplingConfig(greedy=True, runaway_seconds=0, max_seconds=frames / 12.5))
+    assert result.codes.shape == (8, frames)
+    prompt = build_prompt([*context, Segment("0", "Say this now.")], aligned)
+    generated = audio_frames(result.codes, aligned.model.config.audio_token_id, 0)
+    tokens = torch.cat([prompt.tokens, generated.tokens[:frames]])
+    mask = torch.cat([prompt.mask, generated.mask[:frames]])
+    positions = torch.cat([prompt.positions, prompt.next_position + torch.arange(frames)])
+    # An explicit attention mask: given position ids without one, transformers reads every drop in
+    # position as the start of another packed sequence and masks across it (training passes one too).
+    everything = torch.ones(1, len(tokens), dtype=torch.long)
+    with torch.no_grad():
+        out = aligned.model(inputs_embeds=embed_frames(aligned.model, tokens[None], mask[None]),
+                            position_ids=positions[None], attention_mask=everything, use_cache=False)
+    # Logits at the last prompt frame and each generated frame predict codebook 0 of the next frame.
+    c0_logits = out.logits[0, len(prompt) - 1 : len(prompt) - 1 + frames, :2048]
+    assert torch.equal(c0_logits.argmax(-1), result.codes[0])
+    # The sequential numbering gives other logits: the positions are in effect.
+    with torch.no_grad():
+        plain = aligned.model(inputs_embeds=embed_frames(aligned.model, tokens[None], mask[None]),
+                              attention_mask=everything, use_cache=False)
+    assert not torch.allclose(plain.logits, out.logits, atol=1e-3)
