@@ -142,7 +142,10 @@ def voice_setup(tmp_path_factory):
     reference = write_audio(root / "reference.wav", synthesize_espeak(REFERENCE_TEXT, EspeakVoice(variant="m3")))
     sentences = root / "sentences.txt"
     sentences.write_text("# test sentences\nHello there.\n\nGood morning to you.\n")
-    return {"root": root, "model": model_dir, "adapter": root / "adapter", "reference": reference, "sentences": sentences}
+    recordings = [write_audio(root / f"recording{i}.wav", synthesize_espeak(text, EspeakVoice(variant="m3")))
+                  for i, text in enumerate(["Hello there.", "Good morning to you."])]
+    return {"root": root, "model": model_dir, "adapter": root / "adapter", "reference": reference, "sentences": sentences,
+            "recordings": recordings}
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +155,7 @@ def evaluation(voice_setup):
         adapters=[voice_setup["adapter"]],
         reference=voice_setup["reference"],  # no transcript: the ASR model transcribes it
         sentences=voice_setup["sentences"],
+        recordings=voice_setup["recordings"],
         samples_per_sentence=1,
         max_seconds=1.0,
         asr_model="bundled",
@@ -163,13 +167,18 @@ def evaluation(voice_setup):
 
 def test_evaluate_returns_numbers_for_every_condition_and_sample(evaluation):
     report, _ = evaluation
-    assert [c.condition.name for c in report.conditions] == ["base", "base + clone", "fine-tuned", "fine-tuned + clone"]
+    assert [c.condition.name for c in report.conditions] == ["recordings", "base", "base + clone", "fine-tuned",
+                                                             "fine-tuned + clone"]
+    # The recordings row: real speech of the sentences, which the ASR model gets (nearly) right.
+    recorded, generated = report.conditions[0], report.conditions[1:]
+    assert recorded.summary["wer"].mean <= 0.25 and recorded.summary["real_time_factor"] is None
+    assert all(c.summary["wer"].mean > recorded.summary["wer"].mean for c in generated)  # random models babble
     assert report.asr_model == "tiny.en (bundled)" and "Resemblyzer" in report.speaker_model and report.dnsmos_model
     assert report.reference.transcribed and word_errors(REFERENCE_TEXT, report.reference.text).wer < 0.3
-    for result in report.conditions:
+    for result in generated:
         assert [(s.sentence_index, s.sample_index) for s in result.samples] == [(0, 0), (1, 0)]
         # Sample j of sentence i has the same seed in every condition (paired comparison).
-        assert [s.seed for s in result.samples] == [s.seed for s in report.conditions[0].samples]
+        assert [s.seed for s in result.samples] == [s.seed for s in generated[0].samples]
         for sample in result.samples:
             assert 0 < sample.scores.duration_s <= 1.0 + 0.1
             assert sample.stop_reason in ("eos", "max_length", "runaway") and sample.real_time_factor > 0
@@ -237,6 +246,12 @@ def test_cli_repeats_the_samples_exactly_and_rejects_bad_input_in_one_line(evalu
     error = capsys.readouterr().err.strip()
     assert "missing.wav" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+    # One sentence, two recordings: refused before any model is loaded.
+    assert main([*common, "--reference", str(voice_setup["reference"]), "--recordings",
+                 *map(str, voice_setup["recordings"]), "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "2 recordings for 1 test sentences" in error and len(error.splitlines()) == 1
 
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("not a report")

@@ -96,6 +96,7 @@ def report_to_dict(report: EvaluationReport) -> dict[str, Any]:
                 "name": result.condition.name,
                 "adapter": str(result.condition.adapter) if result.condition.adapter else None,
                 "cloned": result.condition.cloned,
+                "recorded": result.condition.recorded,
                 "summary": {key: _estimate_dict(est) for key, est in result.summary.items()},
                 "samples": [
                     {
