@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser clean
+.PHONY: demo test install browser clean base-model
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/tokentts demo
+
+# The embedded base model's recipe (about 2 h on a 2-core CPU): corpus, codec, pretraining,
+# evaluation, then float16 weights + model card into src/tokentts/model/embedded.
+base-model: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/tokentts build-base --install
 
 # The page tests drive a real headless Chromium: Debian's package (Playwright's own download is offline-blocked).
 browser:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("tokentts.data.commands", "turn long recordings (files or URLs) into a voice dataset"),
     "synth-corpus": ("tokentts.data.synthetic", "build a multi-speaker eSpeak NG voice dataset from generated sentences"),
     "pretrain": ("tokentts.training.pretrain_commands", "train a small CSM from scratch on a multi-speaker dataset with any codec (neural or Mimi)"),
+    "build-base": ("tokentts.training.base_model", "the embedded base model's recipe: eSpeak corpus -> codec -> pretrain -> evaluate -> package"),
     "train-codec": ("tokentts.codecs.neural.commands", "train the small neural audio codec (RVQ, 24 kHz, 25 frames/s) on a voice dataset"),
     "serve": ("tokentts.serving.commands", "serve speech over HTTP (OpenAI-compatible /v1/audio/speech, voices) with a web page"),
 }

@@ -1,0 +1,254 @@
+"""`tokentts build-base`: the recipe of the embedded base model, from nothing to packaged weights.
+
+    synth-corpus (40 eSpeak voices) ─▶ train-codec ─▶ codec ┐
+    synth-corpus (same voices, more sentences) ─────────────┴▶ pretrain (aligned CSM) ─▶ model
+    model ─▶ evaluate on held-out sentences, against eSpeak's own recordings of them ─▶ report
+    model + report ─▶ package: float16 weights + model card (README.md) [─▶ --install into the package]
+
+Each stage writes its own folder under WORK and is skipped when that folder is complete, so a
+recipe that stopped continues where it was (codec training and pretraining resume from their
+last checkpoints). Wall times per stage go to WORK/timings.json and into the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tokentts.config import add_config_arguments, config_from_args, write_config, write_json_atomic
+from tokentts.errors import TokenttsError
+
+log = logging.getLogger(__name__)
+
+# The intelligibility bar of the embedded model: its WER at most this much above the WER of
+# eSpeak's own recordings of the same sentences (same ASR model).
+WER_MARGIN = 0.20
+
+
+@dataclass
+class BaseModelConfig:
+    work: Path = field(default=Path("base-model-run"), metadata={"help": "folder for every stage's output"})
+    install: bool = field(default=False, metadata={"help": "also write the packaged model into this installation "
+                                                           "(tokentts/model/embedded), where commands find it"})
+    speakers: int = field(default=40, metadata={"help": "eSpeak speakers (accent, variant, pitch, rate)"})
+    codec_clips_per_speaker: int = field(default=50, metadata={"help": "sentences per speaker for the codec"})
+    clips_per_speaker: int = field(default=80, metadata={"help": "sentences per speaker for the model"})
+    codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
+    codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
+    steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
+    hidden_size: int = field(default=256, metadata={"help": "backbone width"})
+    num_layers: int = field(default=6, metadata={"help": "backbone layers"})
+    depth_hidden_size: int = field(default=192, metadata={"help": "depth-decoder width"})
+    depth_layers: int = field(default=2, metadata={"help": "depth-decoder layers"})
+    eval_sentences: int = field(default=10, metadata={"help": "held-out sentences in the model card's evaluation"})
+    samples_per_sentence: int = field(default=2, metadata={"help": "samples per sentence and condition"})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda (pretraining); the recipe runs on CPU"})
+    seed: int = field(default=0, metadata={"help": "seed of voices, sentences and training"})
+
+
+def _stage_done(path: Path, marker: str) -> bool:
+    return (path / marker).is_file()
+
+
+class _Timings:
+    """Wall time of each stage, kept in WORK/timings.json across resumed runs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def run(self, stage: str, work) -> Any:
+        print(f"[{stage}] ...", flush=True)
+        started = time.perf_counter()
+        result = work()
+        self.values[stage] = round(self.values.get(stage, 0.0) + time.perf_counter() - started, 1)
+        write_json_atomic(self.path, self.values)
+        print(f"[{stage}] done in {self.values[stage] / 60:.1f} min", flush=True)
+        return result
+
+
+def held_out_sentences(config: BaseModelConfig) -> list[str]:
+    """Sentences of the corpus grammar that neither corpus contains (the corpora use the first ones)."""
+    from tokentts.data.synthetic import synthetic_sentences
+
+    used = config.speakers * max(config.clips_per_speaker, config.codec_clips_per_speaker)
+    return synthetic_sentences(used + config.eval_sentences + 1, config.seed)[used:]
+
+
+def build_base_model(config: BaseModelConfig) -> Path:
+    """Run (or continue) the recipe; returns the packaged model folder."""
+    from tokentts.codecs.neural.train import TrainCodecConfig, train_codec
+    from tokentts.data.synthetic import SyntheticCorpusConfig, write_synthetic_corpus
+    from tokentts.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
+
+    work = Path(config.work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_config(config, work, "build_base_config.json")
+    timings = _Timings(work / "timings.json")
+
+    corpora = {"codec-corpus": config.codec_clips_per_speaker, "corpus": config.clips_per_speaker}
+    for name, clips in corpora.items():
+        if not _stage_done(work / name, "dataset_info.json"):
+            timings.run(name, lambda: write_synthetic_corpus(
+                SyntheticCorpusConfig(out=work / name, speakers=config.speakers, clips_per_speaker=clips, seed=config.seed)))
+
+    codec_run = work / "codec-run"
+    if not _stage_done(codec_run / "codec", "codec_config.json"):
+        timings.run("train-codec", lambda: train_codec(TrainCodecConfig(
+            corpus=work / "codec-corpus", out=codec_run, resume=codec_run.is_dir() and any(codec_run.iterdir()),
+            max_minutes=config.codec_minutes, eval_clips=config.codec_eval_clips, seed=config.seed)))
+
+    pretrain_config = PretrainConfig(
+        dataset=str(work / "corpus"), codec=str(codec_run / "codec"), output_dir=work / "model",
+        cache_dir=work / "cache", eval_fraction=0.0, batch_size=config.batch_size, grad_accum=1,
+        max_steps=config.steps, learning_rate=config.learning_rate, warmup=60, scheduler="cosine",
+        depth_frame_fraction=0.5, context_probability=0.3, logging_steps=10, save_steps=200, save_total_limit=2,
+        hidden_size=config.hidden_size, num_layers=config.num_layers, depth_hidden_size=config.depth_hidden_size,
+        depth_layers=config.depth_layers, device=config.device, seed=config.seed,
+    )
+    if not _stage_done(work / "model", "config.json"):
+        resume = checkpoint_dir(pretrain_config).is_dir()
+        pretrain_config.resume = resume
+        timings.run("pretrain", lambda: pretrain(pretrain_config))
+
+    if not _stage_done(work / "evaluation", "report.json"):
+        timings.run("evaluate", lambda: evaluate_base(config, work / "model", work / "evaluation"))
+
+    return timings.run("package", lambda: package(config, work, timings.values))
+
+
+def evaluate_base(config: BaseModelConfig, model_dir: Path, out: Path) -> Path:
+    """Held-out sentences spoken by the base model (speaker 0, with and without a clip of its voice
+    as context) and by eSpeak in that speaker's voice, all scored with the bundled Whisper tiny.en."""
+    from tokentts.audio import write_audio
+    from tokentts.audio.synth import synthesize_espeak
+    from tokentts.data.synthetic import synthetic_speakers
+    from tokentts.evaluation.report import write_reports
+    from tokentts.evaluation.runner import EvaluateConfig, evaluate
+
+    voice = synthetic_speakers(config.speakers, config.seed)[0]  # the voice of speaker "0" in the corpus
+    reference_text, *sentences = held_out_sentences(config)
+    inputs = out.with_name(out.name + "-inputs")
+    inputs.mkdir(parents=True, exist_ok=True)
+    write_audio(inputs / "reference.wav", synthesize_espeak(reference_text, voice))
+    (inputs / "sentences.txt").write_text("\n".join(sentences) + "\n")
+    recordings = [write_audio(inputs / f"espeak-{i:02d}.wav", synthesize_espeak(text, voice))
+                  for i, text in enumerate(sentences)]
+    report = evaluate(EvaluateConfig(
+        model=str(model_dir), reference=inputs / "reference.wav", reference_text=reference_text,
+        sentences=inputs / "sentences.txt", recordings=recordings, samples_per_sentence=config.samples_per_sentence,
+        seed=config.seed, max_seconds=12.0, asr_model="bundled", device="cpu",
+    ))
+    return write_reports(report, out)
+
+
+def package(config: BaseModelConfig, work: Path, timings: dict[str, float]) -> Path:
+    from tokentts.model.embedded import EMBEDDED_MODEL_DIR, folder_megabytes, package_model
+
+    card = model_card(config, work, timings)
+    packaged = package_model(work / "model", work / "package", card)
+    size = folder_megabytes(packaged)
+    print(f"packaged model: {packaged} ({size:.1f} MB)")
+    if config.install:
+        package_model(work / "model", EMBEDDED_MODEL_DIR, card)
+        print(f"installed as the embedded base model: {EMBEDDED_MODEL_DIR}")
+    return packaged
+
+
+def _estimate(summary: dict[str, Any], key: str) -> str:
+    value = summary.get(key)
+    if not value:
+        return "n/a"
+    return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def model_card(config: BaseModelConfig, work: Path, timings: dict[str, float]) -> str:
+    """The README.md of the packaged model: what it is, its data, sizes, training time and metrics."""
+    model_config = json.loads((work / "model" / "config.json").read_text())
+    metrics = json.loads((work / "model" / "metrics.json").read_text())
+    codec_report_path = work / "codec-run" / "report.json"
+    codec_report = json.loads(codec_report_path.read_text()) if codec_report_path.is_file() else {}
+    report = json.loads((work / "evaluation" / "report.json").read_text())
+    by_name = {c["name"]: c["summary"] for c in report["conditions"]}
+    recorded_wer = by_name["recordings"]["wer"]["mean"]
+    base_wer = by_name["base"]["wer"]["mean"]
+    depth = model_config["depth_decoder_config"]
+    corpus_hours = metrics["data"]["train_audio_seconds"] / 3600
+    intelligibility = codec_report.get("intelligibility", {})
+    rows = "\n".join(
+        f"| {name} | {_estimate(s, 'wer')} | {_estimate(s, 'similarity')} | {_estimate(s, 'runaway_rate')} | "
+        f"{_estimate(s, 'duration_s')} |" for name, s in by_name.items())
+    stage_times = ", ".join(f"{stage} {seconds / 60:.0f} min" for stage, seconds in timings.items())
+    verdict = "meets" if base_wer - recorded_wer <= WER_MARGIN else "does NOT meet"
+    return f"""# tokentts embedded base model
+
+A small token-based TTS model of the CSM architecture (transformers' `CsmForConditionalGeneration`),
+trained from scratch on synthetic speech so that tokentts runs end to end offline, on a CPU,
+without downloading a model. It is the default of `tokentts generate`, `serve` and `demo`, and the
+base that `tokentts finetune` adapts to a new voice. It is a demonstration model, not a
+production voice: it speaks the vocabulary of its training sentences best.
+
+## Model
+- Backbone: {model_config['num_hidden_layers']} layers x {model_config['hidden_size']} wide;
+  depth decoder: {depth['num_hidden_layers']} layers x {depth['hidden_size']};
+  {metrics['total_parameters'] / 1e6:.1f} M parameters, stored as float16.
+- Audio: the tokentts neural codec in `codec/` (24 kHz, 25 frames/s, {model_config['num_codebooks']} codebooks
+  of {model_config['vocab_size'] - 3}); the model predicts codebook 0 with the backbone and the rest with the depth decoder.
+- Text: UTF-8 bytes. Text positions use the *aligned* layout (`tokentts_text_positions`): each
+  segment's text is spread over the RoPE positions of the audio it speaks, at
+  {model_config.get('tokentts_frames_per_token', 0):.2f} frames per byte when no voice context sets the rate.
+  Load it with tokentts (`tokentts.model.load_model`), whose prompts and generation loop apply that layout.
+
+## Data
+- {config.speakers} eSpeak NG speakers (accents x voice variants, pitch, pitch range, base rate), each
+  speaking rate varied by +-15 % per sentence; sentences from the grammar in `tokentts.data.synthetic`.
+- Model: {metrics['data']['train_clips']} clips, {corpus_hours:.1f} h; codec: {config.speakers * config.codec_clips_per_speaker} clips
+  of the same speakers.
+
+## Training
+- Codec: `tokentts train-codec`, {config.codec_minutes:g} min on one CPU thread; held-out reconstruction WER
+  {intelligibility.get('wer_reconstructed', float('nan')):.3f} vs {intelligibility.get('wer_original', float('nan')):.3f} for the originals
+  ({intelligibility.get('asr', 'n/a')}).
+- Model: `tokentts pretrain`, {metrics['steps']} steps of {config.batch_size} clips, AdamW, peak learning rate
+  {config.learning_rate:g}, cosine; final train loss {metrics['train_loss']:.3f}; {metrics['train_seconds'] / 60:.0f} min.
+- Wall time per stage on the build machine ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}): {stage_times}.
+
+## Evaluation
+`tokentts evaluate` on {len(report['sentences'])} held-out sentences of the grammar, {config.samples_per_sentence} samples each,
+speaker 0 (the corpus's first eSpeak voice), Whisper tiny.en (bundled); "recordings" is eSpeak
+speaking the same sentences in that voice. Means with 95 % cluster-bootstrap intervals over sentences.
+
+| condition | WER | similarity to speaker 0 | runaway rate | duration (s) |
+|---|---|---|---|---|
+{rows}
+
+Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {base_wer:.3f} vs recordings
+{recorded_wer:.3f}: the model **{verdict}** it.
+
+## Reproduce
+    make base-model        # = tokentts build-base --install
+
+Built {datetime.now(timezone.utc).strftime('%Y-%m-%d')} with tokentts's recipe (`tokentts.training.base_model`).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, BaseModelConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(BaseModelConfig, args)
+    if config.speakers < 1 or config.steps < 1:
+        raise TokenttsError("speakers and steps must be at least 1")
+    build_base_model(config)
+    return 0

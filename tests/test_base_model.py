@@ -1,0 +1,108 @@
+"""`tokentts build-base`, the embedded model's recipe, end to end at toy size: corpora, codec,
+pretraining, evaluation against eSpeak's recordings, float16 packaging with a model card; a
+second run skips every finished stage; the packaged model loads and speaks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tokentts.cli import main
+from tokentts.errors import TokenttsError
+from tokentts.generation import Generator, SamplingConfig
+from tokentts.model import embedded, load_model
+from tokentts.model.prompt import TextLayout
+from tokentts.training import base_model
+from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
+
+TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2, steps=6, batch_size=4,
+           hidden_size=64, num_layers=2, depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory, one_thread):
+    work = tmp_path_factory.mktemp("base") / "run"
+    config = BaseModelConfig(work=work, **TOY)
+    return config, build_base_model(config)
+
+
+def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
+    config, packaged = recipe
+    work = config.work
+    for folder, marker in [("codec-corpus", "dataset_info.json"), ("corpus", "dataset_info.json"),
+                           ("codec-run/codec", "codec_config.json"), ("model", "config.json"),
+                           ("evaluation", "report.json")]:
+        assert (work / folder / marker).is_file(), folder
+    timings = json.loads((work / "timings.json").read_text())
+    assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "evaluate", "package"}
+    report = json.loads((work / "evaluation" / "report.json").read_text())
+    assert [c["name"] for c in report["conditions"]] == ["recordings", "base", "base + clone"]
+    assert report["sentences"] == held_out_sentences(config)[1:]
+    # eSpeak's recordings are what the ASR model hears nearly right; a 6-step model is not.
+    wers = {c["name"]: c["summary"]["wer"]["mean"] for c in report["conditions"]}
+    assert wers["recordings"] < 0.6 and wers["base"] > wers["recordings"] + 0.3
+    card = (packaged / "README.md").read_text()
+    assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "aligned" in card
+    assert "| base + clone |" in card and "make base-model" in card
+
+
+def test_held_out_sentences_are_in_neither_corpus(recipe):
+    from datasets import load_from_disk
+
+    config, _ = recipe
+    trained = set(load_from_disk(str(config.work / "corpus"))["text"]) | set(
+        load_from_disk(str(config.work / "codec-corpus"))["text"])
+    assert not trained & set(held_out_sentences(config))
+
+
+def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
+    config, packaged = recipe
+    weights = load_file(str(packaged / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.float16}
+    assert {t.dtype for t in load_file(str(packaged / "codec" / "model.safetensors")).values()
+            if t.is_floating_point()} == {torch.float16}
+    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model")
+    full, half = load_model(config.work / "model", device="cpu"), load_model(packaged, device="cpu")
+    assert half.model.dtype == torch.float32 and TextLayout.of(half.model.config).aligned
+    sampling = SamplingConfig(greedy=True, runaway_seconds=0, max_seconds=0.4)
+    text = held_out_sentences(config)[1]
+    a, b = (Generator(m).generate(text, sampling=sampling) for m in (full, half))
+    # float16 storage moves the weights by < 0.1 %: the same greedy codes for this short sample.
+    assert torch.equal(a.codes, b.codes) and np.isfinite(b.audio).all()
+
+
+def test_a_second_run_skips_finished_stages_and_install_writes_the_embedded_folder(recipe, monkeypatch, tmp_path):
+    config, _ = recipe
+    before = json.loads((config.work / "timings.json").read_text())
+    target = tmp_path / "embedded"
+    monkeypatch.setattr(embedded, "EMBEDDED_MODEL_DIR", target)
+    build_base_model(BaseModelConfig(work=config.work, install=True, **TOY))
+    after = json.loads((config.work / "timings.json").read_text())
+    assert {k: after[k] for k in before if k != "package"} == {k: v for k, v in before.items() if k != "package"}
+    assert embedded.embedded_model_path() == target and embedded.default_model() == str(target)
+    assert load_model(embedded.default_model(), device="cpu").model.config.num_codebooks == 8
+
+
+def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr(embedded, "EMBEDDED_MODEL_DIR", tmp_path / "none")
+    with pytest.raises(TokenttsError, match="pass --model .* build-base --install"):
+        embedded.default_model()
+
+
+def test_cli_refuses_a_zero_step_recipe(tmp_path, capsys):
+    assert main(["build-base", "--work", str(tmp_path / "w"), "--steps", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    assert base_model.WER_MARGIN == 0.20
