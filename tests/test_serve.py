@@ -391,6 +391,25 @@ def test_voice_store_never_keeps_half_a_voice(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [] and store.list() == []
 
 
+@contextlib.contextmanager
+def serve_process(command: list[str], env: dict[str, str], url: str) -> Iterator[None]:
+    """A real `tokentts serve` process, up (its /health answers) for the duration of the block."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "tokentts serve did not come up"
+            time.sleep(0.2)
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
 def test_restart_keeps_voices_and_clears_interrupted_uploads(tiny_dir, tmp_path, browser_page):
     """Two real `tokentts serve` processes, one after the other, on the same data folder, with an API key."""
     port = free_port()
@@ -400,22 +419,8 @@ def test_restart_keeps_voices_and_clears_interrupted_uploads(tiny_dir, tmp_path,
                "--data-dir", str(tmp_path), "--max-seconds", str(MAX_SECONDS), "--device", "cpu"]
     auth = {"Authorization": "Bearer s3cret"}
 
-    @contextlib.contextmanager
-    def serve() -> Iterator[None]:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, process.stderr.read()
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "tokentts serve did not come up"
-                time.sleep(0.2)
-            yield
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=30)
+    def serve():
+        return serve_process(command, env, url)
 
     with serve():
         assert httpx.get(f"{url}/v1/voices").status_code == 401
@@ -449,6 +454,30 @@ def test_restart_keeps_voices_and_clears_interrupted_uploads(tiny_dir, tmp_path,
         assert page.errors == []
     assert sorted(p.name for p in (tmp_path / "voices").iterdir() if "ghost" in p.name) == []
 
+
+def test_serve_without_arguments_speaks_with_the_embedded_base_model(tmp_path):
+    """`tokentts serve` names no model: the packaged base model answers, on 127.0.0.1, and what it
+    says is what was asked (Whisper hears the sentence). Only the port is chosen, to stay clear of
+    other servers; voices go to the default data folder, here under a temporary XDG_DATA_HOME."""
+    from tokentts.asr.whisper import load_asr, transcribe
+    from tokentts.evaluation.metrics import word_errors
+    from tokentts.model.embedded import EMBEDDED_MODEL_DIR
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_DATA_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    with serve_process([sys.executable, "-m", "tokentts.cli", "serve", "--port", str(port)], env, url):
+        health = httpx.get(f"{url}/health").json()
+        assert health["model"] == str(EMBEDDED_MODEL_DIR) and health["sample_rate"] == 24000
+        text = "Please tell Anna that the map is still at the library."
+        pcm = client(url).audio.speech.create(model="tokentts", input=text, voice="default", response_format="pcm",
+                                              extra_body={"seed": 1}).content
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
+    assert 1.0 < len(audio) / 24000 < 8.0
+    heard = transcribe(load_asr("bundled"), np.pad(audio, 7200), 24000, word_timestamps=False, vad=False,
+                       temperature=0.0).text
+    assert word_errors(text, heard).wer < 0.5, heard
+    assert (tmp_path / "tokentts" / "serve" / "config.json").is_file()
 
 def test_cli_reports_a_bad_model_or_a_busy_port_in_one_line(tiny_dir, tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "missing"), "--data-dir", str(tmp_path)]) == 2
