@@ -14,10 +14,12 @@ from tokentts.cli import main
 from tokentts.evaluation import (
     METRICS,
     Condition,
+    ClipScores,
     ConditionResult,
     Estimate,
     EvaluateConfig,
     EvaluationReport,
+    SampleResult,
     bootstrap_mean,
     evaluate,
     plan_conditions,
@@ -118,6 +120,31 @@ def test_best_condition_is_marked_by_direction_and_ties_mark_none():
     assert report_with({"base": 0.2, "base + clone": 0.2}).best(wer) == []
 
 
+def test_paired_differences_tell_a_consistent_gain_from_noise():
+    def condition(name, similarities):
+        samples = [SampleResult(i, j, 1000 * i + j, "text", ClipScores("", 0.0, 0.0, sim, 1.0, 150.0, 0.1, 0.1, None),
+                                None, False, "eos", False, 0.5, np.zeros(1, np.float32))
+                   for i, row in enumerate(similarities) for j, sim in enumerate(row)]
+        return ConditionResult(Condition(name, None, False), samples, {})
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.7, size=(8, 2))
+    report = EvaluationReport(EvaluateConfig(), ["s"] * 8, None, [
+        condition("base", base),
+        condition("base + clone", base + 0.05 + rng.normal(0, 0.01, size=base.shape)),  # small but consistent
+        # Noise only: each sentence's two samples move by +x and -x.
+        condition("fine-tuned", base + rng.normal(0, 0.05, size=(8, 1)) * np.array([1.0, -1.0])),
+    ], "", "", None, "")
+    similarity = next(m for m in METRICS if m.key == "similarity")
+    found = {(d.later, d.earlier): d for d in report.differences(similarity)}
+    assert set(found) == {("base + clone", "base"), ("fine-tuned", "base"), ("fine-tuned", "base + clone")}
+    gain = found["base + clone", "base"]
+    assert gain.estimate.mean == pytest.approx(0.05, abs=0.01) and gain.beyond_interval
+    assert not found["fine-tuned", "base"].beyond_interval
+    assert found["fine-tuned", "base"].estimate.mean == pytest.approx(0.0, abs=1e-12)
+    assert found["fine-tuned", "base + clone"].estimate.mean < 0
+
+
 # --- a whole run on the tiny model -----------------------------------------------------------
 
 
@@ -200,7 +227,10 @@ def test_evaluate_writes_json_markdown_html_and_samples(evaluation):
     for condition in data["conditions"]:
         for sample in condition["samples"]:
             assert (out_dir / sample["audio_file"]).stat().st_size > 1000
+    pairs = [(d["later"], d["earlier"]) for d in data["differences"] if d["metric"] == "similarity"]
+    assert len(pairs) == 6 and ("fine-tuned + clone", "base") in pairs and ("base", "recordings") not in pairs
     markdown = (out_dir / "report.md").read_text()
+    assert "## Paired differences" in markdown
     assert "| Condition | WER |" in markdown and "tiny.en (bundled)" in markdown and "**" in markdown
     assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".report.")]  # no staging folder left
 

@@ -142,7 +142,33 @@ def run_demo(config: DemoConfig) -> Path:
     report = evaluate(evaluation, progress=progress)
     report_dir = write_reports(report, out / "report")
     _done(started, f"{total} samples scored with {report.asr_model} and {report.speaker_model}")
+    print_claims(report)
     return report_dir
+
+
+# The seed's claims about similarity to the target voice, as (better, worse) condition pairs.
+CLAIMS = (("base + clone", "base"), ("fine-tuned", "base"), ("fine-tuned + clone", "fine-tuned"),
+          ("fine-tuned + clone", "base + clone"))
+
+
+def print_claims(report) -> None:
+    """Each condition's WER and similarity, then whether the seed's claims hold beyond the intervals."""
+    from tokentts.evaluation.runner import METRICS
+
+    similarity = next(m for m in METRICS if m.key == "similarity")
+    print("\n      condition             WER     similarity to the target voice [95% CI]")
+    for result in report.conditions:
+        wer, sim = result.summary.get("wer"), result.summary.get("similarity")
+        sim_text = f"{sim.mean:.3f} [{sim.low:.3f}, {sim.high:.3f}]" if sim else "-"
+        print(f"      {result.condition.name:<20} {wer.mean if wer else float('nan'):6.3f}  {sim_text}")
+    differences = {(d.later, d.earlier): d for d in report.differences(similarity)}
+    for better, worse in CLAIMS:
+        d = differences.get((better, worse))
+        if d is None or d.estimate is None:
+            continue
+        holds = "holds" if d.beyond_interval and d.estimate.mean > 0 else (
+            "higher, within the interval" if d.estimate.mean > 0 else "does not hold")
+        print(f"      {better} > {worse}: {d.estimate.mean:+.3f} [{d.estimate.low:+.3f}, {d.estimate.high:+.3f}] {holds}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

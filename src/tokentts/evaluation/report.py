@@ -19,7 +19,14 @@ import tokentts
 from tokentts.audio.io import encode_audio, write_audio
 from tokentts.config import building_directory, config_to_dict, write_config, write_json_atomic
 from tokentts.errors import TokenttsError
-from tokentts.evaluation.runner import METRICS, EvaluationReport, Metric, condition_slug
+from tokentts.evaluation.runner import (
+    DIFFERENCE_METRICS,
+    METRICS,
+    Difference,
+    EvaluationReport,
+    Metric,
+    condition_slug,
+)
 from tokentts.evaluation.stats import Estimate
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -91,6 +98,11 @@ def report_to_dict(report: EvaluationReport) -> dict[str, Any]:
         },
         "metrics": [{"key": m.key, "label": m.label, "better": m.better, "percent": m.percent} for m in METRICS],
         "best": best,
+        "differences": [
+            {"metric": d.metric.key, "earlier": d.earlier, "later": d.later, "difference": _estimate_dict(d.estimate),
+             "beyond_interval": d.beyond_interval}
+            for d in _differences(report)
+        ],
         "conditions": [
             {
                 "name": result.condition.name,
@@ -121,6 +133,23 @@ def report_to_dict(report: EvaluationReport) -> dict[str, Any]:
 
 
 # --- formatting ------------------------------------------------------------------------------
+
+
+def _differences(report: EvaluationReport) -> list[Difference]:
+    return [d for m in METRICS if m.key in DIFFERENCE_METRICS for d in report.differences(m)]
+
+
+def _difference_rows(report: EvaluationReport) -> list[tuple[str, str, str, str]]:
+    """(metric, "later − earlier", mean [interval], verdict) for the reports' difference tables."""
+    rows = []
+    for d in _differences(report):
+        if d.estimate is None:
+            continue
+        verdict = "yes" if d.beyond_interval else "no"
+        rows.append((d.metric.label, f"{d.later} − {d.earlier}",
+                     f"{format_value(d.metric, d.estimate.mean)} {format_interval(d.metric, d.estimate)}", verdict))
+    return rows
+
 
 
 def format_value(metric: Metric, value: float) -> str:
@@ -194,6 +223,14 @@ def render_markdown(report: EvaluationReport) -> str:
     lines.append("| *reference recording* | " + " | ".join(
         format_value(m, reference[m.key]) if reference.get(m.key) is not None else "" for m, _ in metrics) + " |")
     lines += ["", "Better: " + "; ".join(f"{m.label}: {m.better}" for m, _ in metrics if m.better) + ".", ""]
+    differences = _difference_rows(report)
+    if differences:
+        lines += ["## Paired differences", "",
+                  "Each pair of conditions on the same sentences and seeds: mean difference with its 95% interval "
+                  "(cluster bootstrap over sentences); *beyond* = the interval excludes 0.", "",
+                  "| Metric | Difference | Mean [95% CI] | Beyond |", "|---|---|---:|---|"]
+        lines += [f"| {metric} | {pair} | {value} | {verdict} |" for metric, pair, value, verdict in differences]
+        lines.append("")
     lines += ["## Samples", ""]
     for index, text in enumerate(report.sentences):
         lines.append(f"{index + 1}. {text}")
@@ -273,6 +310,17 @@ def _results_table(report: EvaluationReport) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
+def _differences_table(report: EvaluationReport) -> str:
+    rows = "".join(f"<tr><td>{html.escape(metric)}</td><td>{html.escape(pair)}</td><td>{html.escape(value)}</td>"
+                   f"<td>{verdict}</td></tr>" for metric, pair, value, verdict in _difference_rows(report))
+    if not rows:
+        return ""
+    return ("<h2>Paired differences</h2><p class=\"note\">Each pair of conditions on the same sentences and seeds: "
+            "mean difference with its 95% interval; beyond = the interval excludes 0.</p>"
+            '<div class="metrics-table"><table id="differences"><thead><tr><th>Metric</th><th>Difference</th>'
+            f"<th>Mean [95% CI]</th><th>Beyond</th></tr></thead><tbody>{rows}</tbody></table></div>")
+
+
 def _samples_section(report: EvaluationReport) -> str:
     parts = []
     n = report.config.samples_per_sentence
@@ -315,6 +363,7 @@ def render_html(report: EvaluationReport) -> str:
         "over sentences); ★ marks the best condition. Similarity values are only comparable between reports that "
         "use the same embedding model.</p>"
         f"{_results_table(report)}"
+        f"{_differences_table(report)}"
         f'<h2>Charts</h2><div class="charts">{"".join(charts)}</div>'
         "<h2>Samples</h2><p class=\"note\">The reference voice stays at the top of the page while you listen.</p>"
         f"{_samples_section(report)}"

@@ -19,6 +19,7 @@ paired samples and a run repeats exactly.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Callable
@@ -201,6 +202,36 @@ METRICS: tuple[Metric, ...] = (
 
 
 @dataclass
+class Difference:
+    """`later` minus `earlier` on one metric, over the samples both made with the same sentence and seed."""
+
+    metric: Metric
+    earlier: str
+    later: str
+    estimate: Estimate | None  # mean difference, cluster-bootstrap interval over sentences
+
+    @property
+    def beyond_interval(self) -> bool:
+        """The interval excludes 0: the conditions differ beyond sampling noise (at 95 %)."""
+        return self.estimate is not None and (self.estimate.low > 0 or self.estimate.high < 0)
+
+
+def paired_difference(earlier: ConditionResult, later: ConditionResult, metric: Metric, num_sentences: int,
+                      seed: int = 0) -> Difference:
+    values = {(s.sentence_index, s.sample_index): metric.value(s) for s in earlier.samples}
+    by_sentence: list[list[float]] = [[] for _ in range(num_sentences)]
+    for sample in later.samples:
+        mine, theirs = metric.value(sample), values.get((sample.sentence_index, sample.sample_index))
+        if mine is not None and theirs is not None:
+            by_sentence[sample.sentence_index].append(mine - theirs)
+    return Difference(metric, earlier.condition.name, later.condition.name, bootstrap_mean(by_sentence, seed=seed))
+
+
+# The metrics whose paired differences the reports list.
+DIFFERENCE_METRICS = ("similarity", "wer")
+
+
+@dataclass
 class EvaluationReport:
     config: EvaluateConfig
     sentences: list[str]
@@ -211,6 +242,12 @@ class EvaluationReport:
     dnsmos_model: str | None  # None when DNSMOS was off or not installed
     created: str  # UTC, ISO 8601
     sample_rate: int = SAMPLE_RATE
+
+    def differences(self, metric: Metric) -> list[Difference]:
+        """Every pair of generated conditions (later minus earlier) on `metric`, over paired samples."""
+        generated = [c for c in self.conditions if not c.condition.recorded]
+        return [paired_difference(earlier, later, metric, len(self.sentences), self.config.seed)
+                for earlier, later in itertools.combinations(generated, 2)]
 
     def best(self, metric: Metric) -> list[str]:
         """Names of the conditions with the best mean for `metric`: several on a tie, none when
