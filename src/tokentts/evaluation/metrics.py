@@ -78,6 +78,23 @@ def word_errors(reference: str, hypothesis: str) -> WordErrors:
     )
 
 
+# Whisper tiny.en misreads clips whose first word starts at their first sample (as synthesized and
+# generated clips do) more often than the same speech after a breath of silence; eSpeak's own
+# small run-to-run jitter then decides whether a word is heard. Every scored clip gets this much
+# silence at both ends, so scores compare the speech, not its edges.
+SCORING_PAD_SECONDS = 0.3
+
+
+def transcribe_for_scoring(asr, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
+    """What the ASR model hears in `wav`: one deterministic pass (temperature 0, no VAD: a skipped
+    word must count as an error), English, with `SCORING_PAD_SECONDS` of silence around the clip."""
+    from tokentts.asr import transcribe
+
+    pad = np.zeros(int(SCORING_PAD_SECONDS * sample_rate), dtype=np.float32)
+    padded = np.concatenate([pad, np.asarray(wav, dtype=np.float32), pad])
+    return transcribe(asr, padded, sample_rate, word_timestamps=False, vad=False, language="en", temperature=0.0).text
+
+
 def count_words(text: str) -> int:
     return len(normalize_text(text).split())
 

@@ -41,6 +41,7 @@ from tokentts.evaluation.metrics import (
     dnsmos_available,
     pause_stats,
     speaking_rate_wpm,
+    transcribe_for_scoring,
     word_errors,
 )
 from tokentts.evaluation.sentences import load_sentences
@@ -273,11 +274,7 @@ class Scorer:
         self.use_dnsmos = use_dnsmos
 
     def score(self, wav: np.ndarray, text: str, sample_rate: int = SAMPLE_RATE) -> ClipScores:
-        from tokentts.asr import transcribe
-
-        # No VAD: it can drop a short utterance entirely, and a skipped word must count as an error.
-        transcript = transcribe(self.asr, wav, sample_rate, word_timestamps=False, vad=False, language="en",
-                                temperature=0.0).text
+        transcript = transcribe_for_scoring(self.asr, wav, sample_rate)
         errors = word_errors(text, transcript)
         pauses: PauseStats = pause_stats(wav, sample_rate)
         # A silent clip has no voice to compare (and its WER is already 1).

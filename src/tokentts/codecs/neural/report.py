@@ -58,15 +58,15 @@ def intelligibility(
     originals: list[np.ndarray], reconstructions: list[np.ndarray], texts: list[str], asr_model: str
 ) -> dict[str, Any]:
     """Corpus WER (errors / reference words) of the ASR on originals and on reconstructions, same ASR."""
-    from tokentts.asr.whisper import load_asr, transcribe
-    from tokentts.evaluation.metrics import word_errors
+    from tokentts.asr.whisper import load_asr
+    from tokentts.evaluation.metrics import transcribe_for_scoring, word_errors
 
     asr = load_asr(asr_model)
     clips, totals = [], {"original": [0, 0], "reconstructed": [0, 0]}
     for original, reconstruction, text in zip(originals, reconstructions, texts):
         row: dict[str, Any] = {"text": text}
         for name, wav in (("original", original), ("reconstructed", reconstruction)):
-            heard = transcribe(asr, wav, word_timestamps=False).text
+            heard = transcribe_for_scoring(asr, wav)
             errors = word_errors(text, heard)
             row[name] = heard
             totals[name][0] += errors.substitutions + errors.deletions + errors.insertions
