@@ -138,19 +138,33 @@ def test_a_mimi_codec_becomes_the_models_own_codec_model(work):
     assert torch.equal(loaded.codec.encode(wav), MimiCodec(tiny.model.codec_model, num_codebooks=4).encode(wav))
 
 
-def test_a_lora_voice_of_the_aligned_model_carries_its_own_speaking_rate(work, pretrained):
-    """Fine-tuning the pretrained (aligned) model on one speaker, at half speed, records that speaker's
-    rate with the adapter, and load_model applies it."""
+def test_a_lora_voice_carries_its_speaking_rate_and_its_adapted_codec_decoder(work, pretrained):
+    """Fine-tuning the pretrained (aligned, neural-codec) model on one speaker, at half speed, records
+    that speaker's rate with the adapter and adapts the codec's decoder; load_model applies both."""
     slow = [Clip(np.repeat(c.audio, 2), c.text, "0", 0.0, 2 * c.end, c.source_file)
             for c in build_synthetic_corpus(speakers=1, clips_per_speaker=2, seed=3)]
     clips_to_dataset(slow).save_to_disk(str(work["root"] / "slow"))
-    adapter = finetune(FinetuneConfig(dataset=str(work["root"] / "slow"), model=str(pretrained.output_dir),
-                                      output_dir=work["root"] / "slow-lora", cache_dir=work["cache"], device="cpu",
-                                      eval_fraction=0.0, batch_size=2, max_steps=2, save_steps=1000)).output_dir
+    result = finetune(FinetuneConfig(dataset=str(work["root"] / "slow"), model=str(pretrained.output_dir),
+                                     output_dir=work["root"] / "slow-lora", cache_dir=work["cache"], device="cpu",
+                                     eval_fraction=0.0, batch_size=2, max_steps=2, save_steps=1000,
+                                     codec_decoder_steps=40))
+    adapter = result.output_dir
     rate = json.loads((adapter / SPEAKING_RATE_FILENAME).read_text())[FRAMES_PER_TOKEN_KEY]
-    base_rate = TextLayout.of(load_model(pretrained.output_dir, device="cpu").model.config).frames_per_token
-    assert rate > 1.5 * base_rate
-    assert TextLayout.of(load_model(pretrained.output_dir, adapter, device="cpu").model.config).frames_per_token == rate
+    base = load_model(pretrained.output_dir, device="cpu")
+    assert rate > 1.5 * TextLayout.of(base.model.config).frames_per_token
+    voice = load_model(pretrained.output_dir, adapter, device="cpu")
+    assert TextLayout.of(voice.model.config).frames_per_token == rate
+
+    # The codec's decoder was adapted to the voice and travels with the adapter: same codes, new sound.
+    adaptation = result.metrics["codec_decoder_adaptation"]
+    assert adaptation["steps"] == 40 and adaptation["loss_end"] < adaptation["loss_start"]
+    before, after = load_file(work["codec"] / "model.safetensors"), load_file(adapter / "codec" / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("decoder.") for name in changed)
+    assert torch.equal(voice.codec.encode(slow[0].audio), base.codec.encode(slow[0].audio))
+    codes = base.codec.encode(slow[0].audio)
+    assert not np.allclose(voice.codec.decode(codes), base.codec.decode(codes), atol=1e-4)
 
 
 def test_settings_that_contradict_pretraining_are_refused():

@@ -135,8 +135,10 @@ def load_model(model: str | Path, adapter: str | Path | None = None, device: str
             rate = json.loads((adapter_path / SPEAKING_RATE_FILENAME).read_text())[FRAMES_PER_TOKEN_KEY]
             setattr(csm.config, FRAMES_PER_TOKEN_KEY, float(rate))
     csm = csm.to(chosen_device).eval()
-    codec_dir = Path(source) / MODEL_CODEC_SUBDIR
-    codec = load_codec(codec_dir) if codec_dir.is_dir() else MimiCodec(csm.codec_model, num_codebooks=csm.config.num_codebooks)
+    # A fine-tuned voice may bring its own codec (its decoder adapted to the voice); else the model's.
+    codec_dirs = [Path(adapter).expanduser() / MODEL_CODEC_SUBDIR] if adapter is not None else []
+    codec_dir = next((d for d in [*codec_dirs, Path(source) / MODEL_CODEC_SUBDIR] if d.is_dir()), None)
+    codec = load_codec(codec_dir) if codec_dir else MimiCodec(csm.codec_model, num_codebooks=csm.config.num_codebooks)
     if codec.num_codebooks != csm.config.num_codebooks:
         raise TokenttsError(f"model {source!r} predicts {csm.config.num_codebooks} codebooks but its codec has {codec.num_codebooks}")
     log.debug("loaded %s on %s as %s", source, chosen_device, chosen_dtype)

@@ -80,6 +80,11 @@ class FinetuneConfig:
         metadata={"help": "transformers, or unsloth (needs the unsloth package and CUDA)",
                   "choices": ["transformers", "unsloth"]},
     )
+    codec_decoder_steps: int = field(
+        default=400,
+        metadata={"help": "with a neural codec (the embedded model's): steps adapting the codec's decoder to the "
+                          "voice after training, codes unchanged (0 = off); saved with the output in codec/"},
+    )
     # --- optimisation
     batch_size: int = field(default=2, metadata={"help": "clips per device per step"})
     grad_accum: int = field(
@@ -143,6 +148,8 @@ class FinetuneConfig:
         counts = (self.batch_size, self.grad_accum, self.lora_rank, self.logging_steps, self.eval_steps, self.save_steps)
         if min(counts) < 1:
             raise ValueError("batch_size, grad_accum, lora_rank and the *_steps settings must be >= 1")
+        if self.codec_decoder_steps < 0:
+            raise ValueError("codec_decoder_steps must be >= 0")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))

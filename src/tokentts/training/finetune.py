@@ -28,6 +28,9 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from tokentts.codecs.mimi import MimiCodec
+from tokentts.codecs.neural import NeuralCodec
+from tokentts.codecs.neural.adapt import adapt_decoder
+from tokentts.data.dataset import decode_audio_cell
 from tokentts.config import building_directory, write_config, write_json_atomic
 from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR, SPEAKING_RATE_FILENAME, load_model
@@ -218,6 +221,10 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
     eval_end = trainer.evaluate()["eval_loss"] if eval_set is not None else None
+    adaptation = None
+    if isinstance(codec, NeuralCodec) and cfg.codec_decoder_steps and state.is_main_process:
+        adaptation = adapt_decoder(codec, _training_audio(source, cfg, train_set), cfg.codec_decoder_steps,
+                                   seed=cfg.seed)
 
     train_audio_seconds = sum(clip.codes.shape[1] for clip in train_set.clips) / codec.frame_rate
     trainable, total = trainable_parameters(model)
@@ -242,13 +249,25 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         },
         "log_history": ([{"step": 0, "eval_loss": eval_start}] if eval_start is not None else []) + trainer.state.log_history,
     }
+    if adaptation is not None:
+        metrics["codec_decoder_adaptation"] = {"steps": adaptation.steps, "seconds": round(adaptation.seconds, 1),
+                                               "loss_start": adaptation.loss_start, "loss_end": adaptation.loss_end}
     if state.is_main_process:
-        _write_output(cfg, model, processor, metrics)
+        _write_output(cfg, model, processor, metrics, adaptation.codec if adaptation else None)
     state.wait_for_everyone()
     return FinetuneResult(Path(cfg.output_dir), metrics, state.is_main_process)
 
 
-def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, metrics: dict[str, Any]) -> None:
+def _training_audio(source: Any, cfg: FinetuneConfig, train_set: CsmTrainingDataset,
+                    limit: int = 200) -> list[np.ndarray]:
+    """Decoded audio of (up to `limit`, evenly spread) training rows, for adapting the codec decoder."""
+    rows = sorted({clip.row for clip in train_set.clips})
+    rows = rows[:: max(1, len(rows) // limit)][:limit]
+    return [decode_audio_cell(row[cfg.audio_column]) for row in source.select(rows)]
+
+
+def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, metrics: dict[str, Any],
+                  adapted_codec: NeuralCodec | None = None) -> None:
     """Assemble the result in a temporary folder beside OUTPUT, then rename it into place."""
     out = Path(cfg.output_dir)
     with building_directory(out) as tmp:
@@ -257,13 +276,15 @@ def _write_output(cfg: FinetuneConfig, model: torch.nn.Module, processor: Any, m
             processor.save_pretrained(tmp)
             # A base model with its own codec folder (not its Mimi) passes it on to the new full model.
             codec_dir = Path(cfg.model).expanduser() / MODEL_CODEC_SUBDIR
-            if codec_dir.is_dir():
+            if codec_dir.is_dir() and adapted_codec is None:
                 shutil.copytree(codec_dir, tmp / MODEL_CODEC_SUBDIR)
         else:
             model.save_pretrained(tmp)  # adapter_config.json + adapter_model.safetensors
             rate = getattr(unwrap_csm(model).config, FRAMES_PER_TOKEN_KEY, None)
             if rate:  # the base config is not saved with an adapter; load_model applies this file
                 write_json_atomic(tmp / SPEAKING_RATE_FILENAME, {FRAMES_PER_TOKEN_KEY: rate})
+        if adapted_codec is not None:  # load_model prefers it to the base model's codec
+            adapted_codec.save(tmp / MODEL_CODEC_SUBDIR)
         write_config(cfg, tmp, filename=CONFIG_FILENAME)
         write_json_atomic(tmp / METRICS_FILENAME, metrics)
         plot_loss_curves(metrics["log_history"], tmp / PLOT_FILENAME)

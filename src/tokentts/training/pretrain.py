@@ -53,7 +53,7 @@ CONFIG_FILENAME = "pretrain_config.json"
 
 # Settings of FinetuneConfig that describe adapting an existing model; pretraining has no CLI flags for them.
 FINETUNE_ONLY = ("model", "method", "merge", "backend", "lora_rank", "lora_alpha", "lora_dropout", "use_rslora",
-                 "lora_targets")
+                 "lora_targets", "codec_decoder_steps")
 
 
 @dataclass
@@ -84,6 +84,8 @@ class PretrainConfig(FinetuneConfig):
     # Defaults that differ from fine-tuning: all weights train, for many passes, at a higher rate.
     output_dir: Path = field(default=Path("pretrained"), metadata={"help": "where the trained model folder is written"})
     method: str = field(default="full", metadata={"help": "always full: every weight of a new model trains"})
+    # The codec stays as trained: the base speaks many voices, adapting its decoder is for one voice.
+    codec_decoder_steps: int = field(default=0, metadata={"help": "always 0 in pretraining"})
     epochs: float = field(default=20.0, metadata={"help": "passes over the training rows"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     depth_frame_fraction: float = field(
@@ -93,8 +95,9 @@ class PretrainConfig(FinetuneConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.method != "full" or self.merge or self.backend != "transformers":
-            raise ValueError("pretraining trains every weight: method must be full, without merge, on the transformers backend")
+        if self.method != "full" or self.merge or self.backend != "transformers" or self.codec_decoder_steps:
+            raise ValueError("pretraining trains every weight: method must be full, without merge or codec decoder "
+                             "adaptation, on the transformers backend")
         sizes = (self.hidden_size, self.num_layers, self.num_heads, self.depth_hidden_size, self.depth_layers, self.depth_heads)
         if min(sizes) < 1 or self.num_codebooks < 0:
             raise ValueError("model sizes must be >= 1 and num_codebooks >= 0")
