@@ -5,10 +5,12 @@ speaking rate that pretraining and LoRA fine-tuning record."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
+from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
 from tokentts.model import Segment, build_prompt, load_model, save_tiny_csm
 from tokentts.model.prompt import (
@@ -120,3 +122,29 @@ def test_engine_matches_transformers_forward_with_aligned_positions(aligned):
         plain = aligned.model(inputs_embeds=embed_frames(aligned.model, tokens[None], mask[None]),
                               attention_mask=everything, use_cache=False)
     assert not torch.allclose(plain.logits, out.logits, atol=1e-3)
+
+
+def test_phoneme_front_end_reads_espeak_ipa(aligned_dir, tmp_path):
+    """A model whose config names the espeak-ipa front end reads eSpeak NG's IPA for the text, in
+    prompts and training examples alike."""
+    from tokentts.audio.synth import espeak_phonemes
+    from tokentts.model.prompt import ESPEAK_IPA, TEXT_FRONTEND_KEY
+    from tokentts.training.data import EncodedClip
+    from tokentts.training.examples import tokenize_clips
+
+    ipa = espeak_phonemes("Please tell Clara. Why?")
+    assert "klˈ" in ipa and ipa == espeak_phonemes("Please tell Clara. Why?") and not set(ipa) & set("CPW")
+    folder = tmp_path / "ipa"
+    shutil.copytree(aligned_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, TEXT_FRONTEND_KEY: ESPEAK_IPA}))
+    model = load_model(folder, device="cpu")
+    assert TextLayout.of(model.model.config).phonemes
+    tokenizer = model.processor.tokenizer
+    prompt = build_prompt([Segment("0", "Please tell Clara.")], model)
+    assert tokenizer.decode(prompt.input_ids[4:-1].tolist()) == espeak_phonemes("Please tell Clara.")
+    clips, _ = tokenize_clips([EncodedClip(0, "Please tell Clara.", "0", random_codes(9))], tokenizer, 256, 2048,
+                              phonemes=True)
+    assert clips[0].text_ids == prompt.input_ids.tolist()
+    with pytest.raises(TokenttsError, match="nothing to phonemize"):
+        espeak_phonemes("  ")

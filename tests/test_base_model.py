@@ -54,7 +54,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     wers = {c["name"]: c["summary"]["wer"]["mean"] for c in report["conditions"]}
     assert wers["recordings"] < 0.6 and wers["base"] > wers["recordings"] + 0.3
     card = (packaged / "README.md").read_text()
-    assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "aligned" in card
+    assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "aligned" in card and "IPA" in card
     assert "| base + clone |" in card and "make base-model" in card
 
 

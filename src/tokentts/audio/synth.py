@@ -23,6 +23,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_RANGE, _ESPEAK_WORDGAP = 1, 3, 4, 7
 _ESPEAK_CHARS_UTF8 = 1
 _POS_CHARACTER = 1
+_PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA in UTF-8
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
@@ -59,6 +60,8 @@ class _Espeak:
         # Keep a reference to the callback: ctypes would free it otherwise.
         self._callback = _SYNTH_CALLBACK(self._on_audio)
         self.lib.espeak_SetSynthCallback(self._callback)
+        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         self.data_path = Path(espeakng_loader.get_data_path())
 
     def _on_audio(self, wav, n, _events) -> int:
@@ -84,6 +87,20 @@ class _Espeak:
             chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
+    def phonemes(self, text: str, language: str) -> str:
+        """`text` as eSpeak's IPA phonemes, clause by clause (punctuation ends a clause), joined by ", "."""
+        with self.lock:
+            if self.lib.espeak_SetVoiceByName(language.encode()) != 0:
+                raise TokenttsError(f"unknown eSpeak voice {language!r}")
+            buffer = ctypes.create_string_buffer(text.encode("utf-8") + b"\0")
+            pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+            clauses = []
+            while pointer.value:  # eSpeak advances the pointer past each clause it converts, NULL at the end
+                ipa = self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), _ESPEAK_CHARS_UTF8, _PHONEMES_IPA)
+                if ipa:
+                    clauses.append(ipa.decode("utf-8").strip())
+        return ", ".join(c for c in clauses if c)
+
     def variants(self) -> list[str]:
         return sorted(p.name for p in (self.data_path / "voices" / "!v").iterdir() if p.is_file())
 
@@ -105,6 +122,13 @@ def synthesize_espeak(text: str, voice: EspeakVoice = EspeakVoice(), sample_rate
     engine = _espeak()
     wav = engine.synthesize(text, voice)
     return resample(wav, engine.native_rate, sample_rate)
+
+
+def espeak_phonemes(text: str, language: str = "en-us") -> str:
+    """What eSpeak NG would say for `text`, as IPA (the text front end of phoneme-input models)."""
+    if not text.strip():
+        raise TokenttsError("nothing to phonemize: the text is empty")
+    return _espeak().phonemes(text, language)
 
 
 def piper_available() -> bool:

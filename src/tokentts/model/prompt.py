@@ -50,6 +50,8 @@ class Segment:
 SEQUENTIAL, ALIGNED = "sequential", "aligned"
 TEXT_POSITIONS_KEY = "tokentts_text_positions"  # CsmConfig attribute: SEQUENTIAL (default) or ALIGNED
 FRAMES_PER_TOKEN_KEY = "tokentts_frames_per_token"  # CsmConfig attribute: the model's speaking rate (aligned)
+TEXT_FRONTEND_KEY = "tokentts_text_frontend"  # CsmConfig attribute: "characters" (default) or ESPEAK_IPA
+CHARACTERS, ESPEAK_IPA = "characters", "espeak-ipa"  # ESPEAK_IPA: the model reads eSpeak NG's IPA for the text
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,17 @@ class TextLayout:
 
     aligned: bool = False
     frames_per_token: float = 0.0  # speaking rate used when no voice context gives one
+    phonemes: bool = False  # text is turned into eSpeak NG's IPA before tokenizing (English)
 
     @classmethod
     def of(cls, config) -> TextLayout:
         layout = getattr(config, TEXT_POSITIONS_KEY, SEQUENTIAL) or SEQUENTIAL
         if layout not in (SEQUENTIAL, ALIGNED):
             raise TokenttsError(f"unknown text position layout {layout!r} in the model config")
-        return cls(layout == ALIGNED, float(getattr(config, FRAMES_PER_TOKEN_KEY, 0.0) or 0.0))
+        frontend = getattr(config, TEXT_FRONTEND_KEY, CHARACTERS) or CHARACTERS
+        if frontend not in (CHARACTERS, ESPEAK_IPA):
+            raise TokenttsError(f"unknown text front end {frontend!r} in the model config")
+        return cls(layout == ALIGNED, float(getattr(config, FRAMES_PER_TOKEN_KEY, 0.0) or 0.0), frontend == ESPEAK_IPA)
 
 
 @dataclass
@@ -109,8 +115,9 @@ def check_speaker(speaker: str) -> str:
     return speaker
 
 
-def tokenize_text(tokenizer, speaker: str, text: str) -> list[int]:
-    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids; rejects what the tokenizer can't encode."""
+def tokenize_text(tokenizer, speaker: str, text: str, phonemes: bool = False) -> list[int]:
+    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids; rejects what the tokenizer can't encode.
+    `phonemes`: the model reads eSpeak NG's IPA rendering of the text (TextLayout.phonemes)."""
     text = " ".join(str(text).split())
     if not text:
         raise TokenttsError("the text is empty")
@@ -118,6 +125,10 @@ def tokenize_text(tokenizer, speaker: str, text: str) -> list[int]:
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes in a command-line argument
         raise TokenttsError("the text is not valid Unicode (it holds undecodable bytes)") from None
+    if phonemes:
+        from tokentts.audio.synth import espeak_phonemes
+
+        text = espeak_phonemes(text) or text
     body = tokenizer.encode(f"[{check_speaker(speaker)}]{text}", add_special_tokens=False)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in body:
         unknown = [ch for ch in text if tokenizer.unk_token_id in tokenizer.encode(ch, add_special_tokens=False)]
@@ -195,9 +206,10 @@ def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | 
     tokenizer = loaded.processor.tokenizer
     to_encode = [s.audio for s in segments if s.codes is None and s.audio is not None]
     encoded = iter(loaded.codec.encode_batch([np.asarray(a, dtype=np.float32) for a in to_encode]))
+    layout = TextLayout.of(config)
     rows = []
     for segment in segments:
-        text_ids = tokenize_text(tokenizer, segment.speaker, segment.text)
+        text_ids = tokenize_text(tokenizer, segment.speaker, segment.text, layout.phonemes)
         header = header_length(tokenizer, segment.speaker)
         codes = None
         if segment.has_audio:
@@ -205,7 +217,6 @@ def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | 
             if codes.shape[0] != config.num_codebooks:
                 raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
         rows.append((text_ids, header, codes))
-    layout = TextLayout.of(config)
     if frames_per_token is None and layout.aligned:
         rate = speaking_rate([(len(t) - h - 1, c.shape[1]) for t, h, c in rows if c is not None])
         frames_per_token = rate or layout.frames_per_token

@@ -43,6 +43,7 @@ class BaseModelConfig:
     clips_per_speaker: int = field(default=80, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
+    text_frontend: str = field(default="espeak-ipa", metadata={"help": "what the model reads: espeak-ipa or characters"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
@@ -114,7 +115,7 @@ def build_base_model(config: BaseModelConfig) -> Path:
         max_steps=config.steps, learning_rate=config.learning_rate, warmup=60, scheduler="cosine",
         depth_frame_fraction=0.5, context_probability=0.3, logging_steps=10, save_steps=200, save_total_limit=2,
         hidden_size=config.hidden_size, num_layers=config.num_layers, depth_hidden_size=config.depth_hidden_size,
-        depth_layers=config.depth_layers, device=config.device, seed=config.seed,
+        depth_layers=config.depth_layers, text_frontend=config.text_frontend, device=config.device, seed=config.seed,
     )
     if not _stage_done(work / "model", "config.json"):
         resume = checkpoint_dir(pretrain_config).is_dir()
@@ -190,6 +191,8 @@ def model_card(config: BaseModelConfig, work: Path, timings: dict[str, float]) -
         f"{_estimate(s, 'duration_s')} |" for name, s in by_name.items())
     stage_times = ", ".join(f"{stage} {seconds / 60:.0f} min" for stage, seconds in timings.items())
     verdict = "meets" if base_wer - recorded_wer <= WER_MARGIN else "does NOT meet"
+    reads = ("eSpeak NG's English IPA for the text (`tokentts_text_frontend: espeak-ipa`; English only)"
+             if model_config.get("tokentts_text_frontend") == "espeak-ipa" else "the characters of the text")
     return f"""# tokentts embedded base model
 
 A small token-based TTS model of the CSM architecture (transformers' `CsmForConditionalGeneration`),
@@ -204,8 +207,8 @@ production voice: it speaks the vocabulary of its training sentences best.
   {metrics['total_parameters'] / 1e6:.1f} M parameters, stored as float16.
 - Audio: the tokentts neural codec in `codec/` (24 kHz, 25 frames/s, {model_config['num_codebooks']} codebooks
   of {model_config['vocab_size'] - 3}); the model predicts codebook 0 with the backbone and the rest with the depth decoder.
-- Text: UTF-8 bytes. Text positions use the *aligned* layout (`tokentts_text_positions`): each
-  segment's text is spread over the RoPE positions of the audio it speaks, at
+- Text: {reads}, as UTF-8 bytes. Text positions use the *aligned* layout (`tokentts_text_positions`):
+  each segment's text is spread over the RoPE positions of the audio it speaks, at
   {model_config.get('tokentts_frames_per_token', 0):.2f} frames per byte when no voice context sets the rate.
   Load it with tokentts (`tokentts.model.load_model`), whose prompts and generation loop apply that layout.
 

@@ -49,13 +49,14 @@ class TrainingClip:
 
 
 def tokenize_clips(clips: list[EncodedClip], tokenizer: Any, max_text_tokens: int,
-                   max_positions: int) -> tuple[list[TrainingClip], Counter]:
-    """Tokenize the transcripts; drop (and count) rows over the text limit or the model's context."""
+                   max_positions: int, phonemes: bool = False) -> tuple[list[TrainingClip], Counter]:
+    """Tokenize the transcripts (as eSpeak IPA with `phonemes`); drop (and count) rows over the text
+    limit or the model's context."""
     kept: list[TrainingClip] = []
     dropped: Counter = Counter()
     for clip in clips:
         try:
-            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text)
+            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text, phonemes)
         except TokenttsError:
             dropped["text the tokenizer cannot encode"] += 1
             continue

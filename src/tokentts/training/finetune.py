@@ -166,7 +166,9 @@ def _drop_report(dropped: Counter) -> str:
 def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
                    csm_config: Any) -> tuple[CsmTrainingDataset, CsmTrainingDataset | None, Counter]:
     """Training and evaluation examples from the encoded clips, and every dropped row counted by reason."""
-    clips, text_dropped = tokenize_clips(encoded.clips, tokenizer, cfg.max_text_tokens, csm_config.max_position_embeddings)
+    layout = TextLayout.of(csm_config)
+    clips, text_dropped = tokenize_clips(encoded.clips, tokenizer, cfg.max_text_tokens, csm_config.max_position_embeddings,
+                                         layout.phonemes)
     dropped = encoded.dropped + text_dropped
     if not clips:
         raise TokenttsError(f"no usable rows: all {encoded.rows_total} rows were dropped ({_drop_report(dropped)})")
@@ -177,7 +179,7 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
     settings = dict(audio_token_id=csm_config.audio_token_id, audio_eos_token_id=csm_config.audio_eos_token_id,
                     depth_frame_fraction=cfg.depth_frame_fraction, context_probability=cfg.context_probability,
                     context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed,
-                    aligned=TextLayout.of(csm_config).aligned)
+                    aligned=layout.aligned)
     return (CsmTrainingDataset(train_clips, **settings),
             CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped)
 

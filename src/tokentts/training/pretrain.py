@@ -41,7 +41,14 @@ from tokentts.codecs.neural.codec import CONFIG_FILE as NEURAL_CODEC_CONFIG
 from tokentts.config import building_directory, write_config
 from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR
-from tokentts.model.prompt import ALIGNED, SEQUENTIAL, TEXT_POSITIONS_KEY
+from tokentts.model.prompt import (
+    ALIGNED,
+    CHARACTERS,
+    ESPEAK_IPA,
+    SEQUENTIAL,
+    TEXT_FRONTEND_KEY,
+    TEXT_POSITIONS_KEY,
+)
 from tokentts.model.tiny import CSM_CHAT_TEMPLATE, small_csm_config, tiny_mimi_config, tiny_tokenizer
 from tokentts.training.config import FinetuneConfig
 from tokentts.training.data import open_dataset
@@ -76,6 +83,11 @@ class PretrainConfig(FinetuneConfig):
     depth_layers: int = field(default=2, metadata={"help": "depth-decoder transformer layers"})
     depth_heads: int = field(default=4, metadata={"help": "depth-decoder attention heads"})
     max_positions: int = field(default=2048, metadata={"help": "longest prompt in frames (text tokens + audio frames)"})
+    text_frontend: str = field(
+        default=CHARACTERS,
+        metadata={"help": "what the model reads: characters (UTF-8 bytes of the text) or espeak-ipa (eSpeak NG's "
+                          "English IPA for it: spelling-free, learns faster on eSpeak speech)"},
+    )
     text_positions: str = field(
         default=ALIGNED,
         metadata={"help": "RoPE positions of text: aligned (spread over the audio it speaks; learns in minutes) or "
@@ -101,6 +113,8 @@ class PretrainConfig(FinetuneConfig):
         sizes = (self.hidden_size, self.num_layers, self.num_heads, self.depth_hidden_size, self.depth_layers, self.depth_heads)
         if min(sizes) < 1 or self.num_codebooks < 0:
             raise ValueError("model sizes must be >= 1 and num_codebooks >= 0")
+        if self.text_frontend not in (CHARACTERS, ESPEAK_IPA):
+            raise ValueError(f"text_frontend must be {CHARACTERS} or {ESPEAK_IPA}")
         if self.text_positions not in (ALIGNED, SEQUENTIAL):
             raise ValueError(f"text_positions must be {ALIGNED} or {SEQUENTIAL}")
         if self.hidden_size % self.num_heads or self.depth_hidden_size % self.depth_heads:
@@ -158,6 +172,7 @@ def build_initial_model(cfg: PretrainConfig, out_dir: Path) -> Path:
     torch.manual_seed(cfg.seed)
     config = csm_config(cfg, tokenizer, num_codebooks, codebook_size, codec_config)
     setattr(config, TEXT_POSITIONS_KEY, cfg.text_positions)  # saved in config.json; the speaking rate follows in training
+    setattr(config, TEXT_FRONTEND_KEY, cfg.text_frontend)
     model = CsmForConditionalGeneration(config)
     if isinstance(codec, MimiModel):
         model.codec_model.load_state_dict(codec.state_dict())
