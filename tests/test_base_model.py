@@ -19,7 +19,7 @@ from tokentts.model.prompt import TextLayout
 from tokentts.training import base_model
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
 
-TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2, steps=6, batch_size=4,
+TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2, steps=6, continue_steps=3, batch_size=4,
            hidden_size=64, num_layers=2, depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
 
 
@@ -43,10 +43,11 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     work = config.work
     for folder, marker in [("codec-corpus", "dataset_info.json"), ("corpus", "dataset_info.json"),
                            ("codec-run/codec", "codec_config.json"), ("model", "config.json"),
-                           ("evaluation", "report.json")]:
+                           ("model-continued", "config.json"), ("evaluation", "report.json")]:
         assert (work / folder / marker).is_file(), folder
     timings = json.loads((work / "timings.json").read_text())
-    assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "evaluate", "package"}
+    assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "continue", "evaluate", "package"}
+    assert json.loads((work / "model-continued" / "metrics.json").read_text())["steps"] == 3
     report = json.loads((work / "evaluation" / "report.json").read_text())
     assert [c["name"] for c in report["conditions"]] == ["recordings", "base", "base + clone"]
     assert report["sentences"] == held_out_sentences(config)[1:]
@@ -55,7 +56,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert wers["recordings"] < 0.6 and wers["base"] > wers["recordings"] + 0.3
     card = (packaged / "README.md").read_text()
     assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "aligned" in card and "IPA" in card
-    assert "| base + clone |" in card and "make base-model" in card
+    assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
 
 
 def test_held_out_sentences_are_in_neither_corpus(recipe):
@@ -73,8 +74,8 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
     assert {t.dtype for t in weights.values()} == {torch.float16}
     assert {t.dtype for t in load_file(str(packaged / "codec" / "model.safetensors")).values()
             if t.is_floating_point()} == {torch.float16}
-    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model")
-    full, half = load_model(config.work / "model", device="cpu"), load_model(packaged, device="cpu")
+    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-continued")
+    full, half = load_model(config.work / "model-continued", device="cpu"), load_model(packaged, device="cpu")
     assert half.model.dtype == torch.float32 and TextLayout.of(half.model.config).aligned
     sampling = SamplingConfig(greedy=True, runaway_seconds=0, max_seconds=0.4)
     text = held_out_sentences(config)[1]

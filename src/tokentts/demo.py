@@ -38,7 +38,7 @@ class DemoConfig:
     out: Path = field(default=Path("demo-output"), metadata={"help": "folder for everything the demo makes"})
     model: str | None = field(default=None, metadata={"help": "base CSM model (default: the embedded base, else a tiny random CSM)"})
     train_sentences: int = field(default=48, metadata={"help": "sentences in the target voice's training recording"})
-    test_sentences: int = field(default=4, metadata={"help": "held-out sentences to evaluate on"})
+    test_sentences: int = field(default=8, metadata={"help": "held-out sentences to evaluate on"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per test sentence and condition"})
     max_steps: int = field(default=120, metadata={"help": "LoRA fine-tuning steps"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})

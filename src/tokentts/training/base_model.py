@@ -2,7 +2,8 @@
 
     synth-corpus (40 eSpeak voices) ─▶ train-codec ─▶ codec ┐
     synth-corpus (same voices, more sentences) ─────────────┴▶ pretrain (aligned CSM) ─▶ model
-    model ─▶ evaluate on held-out sentences, against eSpeak's own recordings of them ─▶ report
+    model ─▶ continue training (full fine-tune, a second cosine schedule; optional) ─▶ model-continued
+    final model ─▶ evaluate on held-out sentences, against eSpeak's own recordings of them ─▶ report
     model + report ─▶ package: float16 weights + model card (README.md) [─▶ --install into the package]
 
 Each stage writes its own folder under WORK and is skipped when that folder is complete, so a
@@ -13,6 +14,7 @@ last checkpoints). Wall times per stage go to WORK/timings.json and into the mod
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +47,9 @@ class BaseModelConfig:
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
     text_frontend: str = field(default="espeak-ipa", metadata={"help": "what the model reads: espeak-ipa or characters"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
+    continue_steps: int = field(default=0, metadata={"help": "steps of a second training phase on the same "
+                                                              "corpus after pretraining (0 = none)"})
+    continue_learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
@@ -90,6 +95,8 @@ def build_base_model(config: BaseModelConfig) -> Path:
     """Run (or continue) the recipe; returns the packaged model folder."""
     from tokentts.codecs.neural.train import TrainCodecConfig, train_codec
     from tokentts.data.synthetic import SyntheticCorpusConfig, write_synthetic_corpus
+    from tokentts.training.config import FinetuneConfig
+    from tokentts.training.finetune import finetune
     from tokentts.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
 
     work = Path(config.work)
@@ -122,10 +129,21 @@ def build_base_model(config: BaseModelConfig) -> Path:
         pretrain_config.resume = resume
         timings.run("pretrain", lambda: pretrain(pretrain_config))
 
-    if not _stage_done(work / "evaluation", "report.json"):
-        timings.run("evaluate", lambda: evaluate_base(config, work / "model", work / "evaluation"))
+    final = work / "model"
+    if config.continue_steps:
+        final = work / "model-continued"
+        continued = dataclasses.replace(
+            pretrain_config, model=str(work / "model"), output_dir=final, method="full", max_steps=config.continue_steps,
+            learning_rate=config.continue_learning_rate, warmup=20, resume=False)
+        continued = FinetuneConfig(**{f.name: getattr(continued, f.name) for f in dataclasses.fields(FinetuneConfig)})
+        if not _stage_done(final, "config.json"):
+            continued.resume = checkpoint_dir(continued).is_dir()
+            timings.run("continue", lambda: finetune(continued))
 
-    return timings.run("package", lambda: package(config, work, timings.values))
+    if not _stage_done(work / "evaluation", "report.json"):
+        timings.run("evaluate", lambda: evaluate_base(config, final, work / "evaluation"))
+
+    return timings.run("package", lambda: package(config, work, final, timings.values))
 
 
 def evaluate_base(config: BaseModelConfig, model_dir: Path, out: Path) -> Path:
@@ -153,15 +171,15 @@ def evaluate_base(config: BaseModelConfig, model_dir: Path, out: Path) -> Path:
     return write_reports(report, out)
 
 
-def package(config: BaseModelConfig, work: Path, timings: dict[str, float]) -> Path:
+def package(config: BaseModelConfig, work: Path, model_dir: Path, timings: dict[str, float]) -> Path:
     from tokentts.model.embedded import EMBEDDED_MODEL_DIR, folder_megabytes, package_model
 
-    card = model_card(config, work, timings)
-    packaged = package_model(work / "model", work / "package", card)
+    card = model_card(config, work, model_dir, timings)
+    packaged = package_model(model_dir, work / "package", card)
     size = folder_megabytes(packaged)
     print(f"packaged model: {packaged} ({size:.1f} MB)")
     if config.install:
-        package_model(work / "model", EMBEDDED_MODEL_DIR, card)
+        package_model(model_dir, EMBEDDED_MODEL_DIR, card)
         print(f"installed as the embedded base model: {EMBEDDED_MODEL_DIR}")
     return packaged
 
@@ -173,10 +191,11 @@ def _estimate(summary: dict[str, Any], key: str) -> str:
     return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
 
 
-def model_card(config: BaseModelConfig, work: Path, timings: dict[str, float]) -> str:
+def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: dict[str, float]) -> str:
     """The README.md of the packaged model: what it is, its data, sizes, training time and metrics."""
-    model_config = json.loads((work / "model" / "config.json").read_text())
-    metrics = json.loads((work / "model" / "metrics.json").read_text())
+    model_config = json.loads((model_dir / "config.json").read_text())
+    metrics = json.loads((work / "model" / "metrics.json").read_text())  # pretraining's
+    continued = json.loads((model_dir / "metrics.json").read_text()) if model_dir != work / "model" else None
     codec_report_path = work / "codec-run" / "report.json"
     codec_report = json.loads(codec_report_path.read_text()) if codec_report_path.is_file() else {}
     report = json.loads((work / "evaluation" / "report.json").read_text())
@@ -191,6 +210,9 @@ def model_card(config: BaseModelConfig, work: Path, timings: dict[str, float]) -
         f"{_estimate(s, 'duration_s')} |" for name, s in by_name.items())
     stage_times = ", ".join(f"{stage} {seconds / 60:.0f} min" for stage, seconds in timings.items())
     verdict = "meets" if base_wer - recorded_wer <= WER_MARGIN else "does NOT meet"
+    continued_line = (f"\n- Then {continued['steps']} more steps on the same corpus (`finetune --method full`), peak "
+                      f"learning rate {config.continue_learning_rate:g}, cosine; mean train loss "
+                      f"{continued['train_loss']:.3f}; {continued['train_seconds'] / 60:.0f} min." if continued else "")
     reads = ("eSpeak NG's English IPA for the text (`tokentts_text_frontend: espeak-ipa`; English only)"
              if model_config.get("tokentts_text_frontend") == "espeak-ipa" else "the characters of the text")
     return f"""# tokentts embedded base model
@@ -223,7 +245,7 @@ production voice: it speaks the vocabulary of its training sentences best.
   {intelligibility.get('wer_reconstructed', float('nan')):.3f} vs {intelligibility.get('wer_original', float('nan')):.3f} for the originals
   ({intelligibility.get('asr', 'n/a')}).
 - Model: `tokentts pretrain`, {metrics['steps']} steps of {config.batch_size} clips, AdamW, peak learning rate
-  {config.learning_rate:g}, cosine; final train loss {metrics['train_loss']:.3f}; {metrics['train_seconds'] / 60:.0f} min.
+  {config.learning_rate:g}, cosine; mean train loss {metrics['train_loss']:.3f}; {metrics['train_seconds'] / 60:.0f} min.{continued_line}
 - Wall time per stage on the build machine ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}): {stage_times}.
 
 ## Evaluation
