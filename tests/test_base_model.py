@@ -19,8 +19,9 @@ from tokentts.model.prompt import TextLayout
 from tokentts.training import base_model
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
 
-TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2, steps=6, continue_steps=3, batch_size=4,
-           hidden_size=64, num_layers=2, depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
+TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
+           steps=6, continue_steps=3, batch_size=4, text_frontend="espeak-ipa", hidden_size=64, num_layers=2,
+           depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,8 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
     config, packaged = recipe
     weights = load_file(str(packaged / "model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float16}
+    # Readable like any other installed file (safetensors writes private files).
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in packaged.rglob("*") if p.is_file())
     assert {t.dtype for t in load_file(str(packaged / "codec" / "model.safetensors")).values()
             if t.is_floating_point()} == {torch.float16}
     assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-continued")

@@ -8,7 +8,7 @@ from tokentts.cli import main
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--train-sentences", "10", "--test-sentences", "1",
-                 "--samples-per-sentence", "1", "--max-steps", "6", "--max-seconds", "2"])
+                 "--samples-per-sentence", "1", "--max-steps", "6", "--codec-decoder-steps", "5", "--max-seconds", "2"])
     printed = capsys.readouterr().out
     assert code == 0
     for stage in range(1, 6):
@@ -18,6 +18,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     summary = json.loads((out / "dataset" / "summary.json").read_text())
     assert summary["clips"] >= 2
     assert (out / "adapter" / "adapter_config.json").is_file()
+    # The embedded base model: the fine-tuned voice brings its adapted codec decoder and speaking rate.
+    assert "using the embedded base model" in printed
+    assert (out / "adapter" / "codec" / "model.safetensors").is_file() and (out / "adapter" / "speaking_rate.json").is_file()
     report = json.loads((out / "report" / "report.json").read_text())
     assert [c["name"] for c in report["conditions"]] == ["base", "base + clone", "fine-tuned", "fine-tuned + clone"]
     assert (out / "report" / "report.html").stat().st_size > 10_000

@@ -190,11 +190,10 @@ def test_cli_generate_writes_audio_and_config(tiny_dir, tmp_path):
 def test_cli_without_model_uses_the_embedded_base(tmp_path, capsys):
     from tokentts.model.embedded import embedded_model_path
 
+    assert embedded_model_path() is not None  # the package ships its base model
     args = ["generate", "--text", "Hi.", "--max-seconds", "0.16", "--out", str(tmp_path / "o.wav")]
-    if embedded_model_path() is None:
-        assert main(args) == 2 and "pass --model" in capsys.readouterr().err
-    else:
-        assert main(args) == 0 and (tmp_path / "o.wav").is_file()
+    assert main(args) == 0 and (tmp_path / "o.wav").is_file()
+    assert json.loads((tmp_path / "o.config.json").read_text())["model"] == str(embedded_model_path())
 
 
 @pytest.mark.parametrize("args, message", [

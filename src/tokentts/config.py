@@ -165,6 +165,10 @@ def building_directory(target: Path) -> Iterator[Path]:
     os.chmod(build_dir, 0o777 & ~_UMASK)  # mkdtemp makes it private; the result should not be
     try:
         yield build_dir
+        # Some writers (safetensors, mkstemp) create private files; a finished output gets the
+        # permissions any other file of the user would have.
+        for path in build_dir.rglob("*"):
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
         if target.exists():
             # Rename the old one away first: there is no moment without a complete `target`
             # that a crash could leave behind.

@@ -41,6 +41,8 @@ class DemoConfig:
     test_sentences: int = field(default=8, metadata={"help": "held-out sentences to evaluate on"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per test sentence and condition"})
     max_steps: int = field(default=120, metadata={"help": "LoRA fine-tuning steps"})
+    codec_decoder_steps: int = field(default=400, metadata={"help": "steps adapting the embedded codec's decoder to the "
+                                                                    "target voice (0 = off)"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
     seed: int = field(default=0, metadata={"help": "seed for the script, training and sampling"})
     overwrite: bool = field(default=True, metadata={"help": "replace an earlier demo folder"})
@@ -124,7 +126,8 @@ def run_demo(config: DemoConfig) -> Path:
     tuned = finetune(FinetuneConfig(dataset=str(prepared.out), model=base, output_dir=out / "adapter", max_steps=config.max_steps,
                                     batch_size=2, grad_accum=1, learning_rate=2e-3, eval_fraction=0.1, seed=config.seed,
                                     logging_steps=20, eval_steps=max(config.max_steps // 2, 1), save_steps=config.max_steps,
-                                    cache_dir=out / "cache", overwrite=True))
+                                    codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
+                                    overwrite=True))
     _done(started, f"adapter in {tuned.output_dir}")
 
     started = _stage(5, "evaluate: base, base + clone, fine-tuned, fine-tuned + clone")

@@ -45,7 +45,7 @@ class BaseModelConfig:
     clips_per_speaker: int = field(default=80, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
-    text_frontend: str = field(default="espeak-ipa", metadata={"help": "what the model reads: espeak-ipa or characters"})
+    text_frontend: str = field(default="characters", metadata={"help": "what the model reads: characters or espeak-ipa"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
     continue_steps: int = field(default=0, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
