@@ -24,6 +24,18 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module: on a shared, busy 2-core machine two threads make small
+    models far slower (each op waits for the second thread)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A random tiny CSM in csm-1b's on-disk format (8 codebooks); one per test module, since
     `Generator` re-points the model's weights and some tests change the model."""

@@ -25,14 +25,6 @@ TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_min
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def recipe(tmp_path_factory, one_thread):
     work = tmp_path_factory.mktemp("base") / "run"
     config = BaseModelConfig(work=work, **TOY)

@@ -33,13 +33,7 @@ TINY_CODEC = {"hidden_dim": 32, "latent_dim": 16, "encoder_layers": 1, "decoder_
 TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "depth_hidden_size": 32, "depth_layers": 1, "depth_heads": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, busy 2-core machine two threads make tiny models far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

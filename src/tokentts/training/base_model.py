@@ -47,7 +47,7 @@ class BaseModelConfig:
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
     text_frontend: str = field(default="characters", metadata={"help": "what the model reads: characters or espeak-ipa"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
-    continue_steps: int = field(default=0, metadata={"help": "steps of a second training phase on the same "
+    continue_steps: int = field(default=1000, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
     continue_learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
