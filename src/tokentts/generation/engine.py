@@ -36,7 +36,7 @@ from tokentts.codecs.base import StreamingDecoder
 from tokentts.errors import TokenttsError
 from tokentts.generation.text import split_sentences
 from tokentts.model.loading import LoadedModel
-from tokentts.model.prompt import Prompt, Segment, build_prompt, embed_frames
+from tokentts.model.prompt import Prompt, Segment, build_prompt, embed_frames, encode_segments
 
 log = logging.getLogger(__name__)
 
@@ -443,9 +443,7 @@ class Generator:
         for segment in context:
             if not segment.has_audio:
                 raise TokenttsError(f"context segment {segment.text[:40]!r} has no audio")
-        to_encode = [s for s in context if s.codes is None]
-        encoded = iter(self.codec.encode_batch([np.asarray(s.audio, dtype=np.float32) for s in to_encode]))
-        return [s if s.codes is not None else Segment(s.speaker, s.text, codes=next(encoded)) for s in context]
+        return encode_segments(context, self.codec)
 
     def _target_prompt(self, context: list[Segment], previous: Segment | None, text: str, speaker: str) -> Prompt:
         with_previous = [previous] if previous is not None and previous.codes.shape[1] > 0 else []
@@ -537,7 +535,7 @@ class Generator:
             positions[row, pad[row]:] = prompt.positions
         # Generated frames continue from each prompt's next_position, one position per slot.
         offset = torch.tensor([p.next_position - longest for p in prompts])
-        if int(positions.max()) + max(0, int(offset.max())) >= self.max_positions:
+        if int(positions.max()) >= self.max_positions:  # aligned text spread past the model's positions
             raise TokenttsError(f"the text is too long for the model's {self.max_positions} positions")
         tokens, mask, pad, offset = (t.to(self.device) for t in (tokens, mask, pad, offset))
         slots = torch.arange(longest, device=self.device)

@@ -194,6 +194,14 @@ def speaking_rate(segments: Sequence[tuple[int, int]]) -> float | None:
     return frames / tokens if tokens and frames else None
 
 
+def encode_segments(segments: Sequence[Segment], codec) -> list[Segment]:
+    """The segments with their audio replaced by codes (all clips encoded in one batch)."""
+    to_encode = [s for s in segments if s.codes is None and s.audio is not None]
+    encoded = iter(codec.encode_batch([np.asarray(s.audio, dtype=np.float32) for s in to_encode]))
+    return [Segment(s.speaker, s.text, codes=next(encoded)) if s.codes is None and s.audio is not None else s
+            for s in segments]
+
+
 def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | None = None) -> Prompt:
     """Frames for a conversation: every segment's text, then its audio (if any) and end-of-audio.
 
@@ -204,16 +212,13 @@ def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | 
     """
     config = loaded.model.config
     tokenizer = loaded.processor.tokenizer
-    to_encode = [s.audio for s in segments if s.codes is None and s.audio is not None]
-    encoded = iter(loaded.codec.encode_batch([np.asarray(a, dtype=np.float32) for a in to_encode]))
     layout = TextLayout.of(config)
     rows = []
-    for segment in segments:
+    for segment in encode_segments(segments, loaded.codec):
         text_ids = tokenize_text(tokenizer, segment.speaker, segment.text, layout.phonemes)
         header = header_length(tokenizer, segment.speaker)
-        codes = None
-        if segment.has_audio:
-            codes = segment.codes if segment.codes is not None else next(encoded)
+        codes = segment.codes
+        if codes is not None:
             if codes.shape[0] != config.num_codebooks:
                 raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
         rows.append((text_ids, header, codes))
