@@ -132,10 +132,11 @@ def build_base_model(config: BaseModelConfig) -> Path:
     final = work / "model"
     if config.continue_steps:
         final = work / "model-continued"
-        continued = dataclasses.replace(
-            pretrain_config, model=str(work / "model"), output_dir=final, method="full", max_steps=config.continue_steps,
-            learning_rate=config.continue_learning_rate, warmup=20, resume=False)
-        continued = FinetuneConfig(**{f.name: getattr(continued, f.name) for f in dataclasses.fields(FinetuneConfig)})
+        # The same data and settings, all weights, a second (lower) cosine schedule: plain `finetune`.
+        shared = {f.name: getattr(pretrain_config, f.name) for f in dataclasses.fields(FinetuneConfig)}
+        continued = FinetuneConfig(**{**shared, "model": str(work / "model"), "output_dir": final,
+                                      "max_steps": config.continue_steps, "learning_rate": config.continue_learning_rate,
+                                      "warmup": 20, "resume": False})
         if not _stage_done(final, "config.json"):
             continued.resume = checkpoint_dir(continued).is_dir()
             timings.run("continue", lambda: finetune(continued))
