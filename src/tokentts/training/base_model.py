@@ -261,6 +261,10 @@ speaking the same sentences in that voice. Means with 95 % cluster-bootstrap int
 Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {base_wer:.3f} vs recordings
 {recorded_wer:.3f}: the model **{verdict}** it.
 
+Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`),
+its speech moves to that voice; its own cloning from a context clip does not. Figures in the
+project's BENCHMARKS.md.
+
 ## Reproduce
     make base-model        # = tokentts build-base --install
 
