@@ -148,3 +148,5 @@ def test_phoneme_front_end_reads_espeak_ipa(aligned_dir, tmp_path):
     assert clips[0].text_ids == prompt.input_ids.tolist()
     with pytest.raises(TokenttsError, match="nothing to phonemize"):
         espeak_phonemes("  ")
+    with pytest.raises(TokenttsError, match="nothing to say"):
+        build_prompt([Segment("0", "?!")], model)

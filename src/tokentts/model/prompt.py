@@ -128,7 +128,9 @@ def tokenize_text(tokenizer, speaker: str, text: str, phonemes: bool = False) ->
     if phonemes:
         from tokentts.audio.synth import espeak_phonemes
 
-        text = espeak_phonemes(text) or text
+        text = espeak_phonemes(text)
+        if not text:  # e.g. only punctuation: a phoneme model has nothing to read
+            raise TokenttsError("eSpeak NG finds nothing to say in the text")
     body = tokenizer.encode(f"[{check_speaker(speaker)}]{text}", add_special_tokens=False)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in body:
         unknown = [ch for ch in text if tokenizer.unk_token_id in tokenizer.encode(ch, add_special_tokens=False)]

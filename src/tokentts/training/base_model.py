@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from tokentts.config import add_config_arguments, config_from_args, write_config, write_json_atomic
-from tokentts.errors import TokenttsError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,11 @@ class BaseModelConfig:
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per sentence and condition"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda (pretraining); the recipe runs on CPU"})
     seed: int = field(default=0, metadata={"help": "seed of voices, sentences and training"})
+
+    def __post_init__(self) -> None:
+        if min(self.speakers, self.steps, self.eval_sentences, self.samples_per_sentence) < 1 or self.continue_steps < 0:
+            raise ValueError("speakers, steps, eval_sentences and samples_per_sentence must be at least 1 "
+                             "(continue_steps at least 0)")
 
 
 def _stage_done(path: Path, marker: str) -> bool:
@@ -277,8 +281,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(BaseModelConfig, args)
-    if config.speakers < 1 or config.steps < 1:
-        raise TokenttsError("speakers and steps must be at least 1")
-    build_base_model(config)
+    build_base_model(config_from_args(BaseModelConfig, args))
     return 0
