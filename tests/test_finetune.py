@@ -349,7 +349,8 @@ def test_end_frame_is_learned_so_generation_stops_at_the_clip_length(greedy_outp
 @pytest.fixture(scope="module")
 def lora_run(work):
     probe = ProbeLogits()
-    result = finetune(config(work, "lora", max_steps=8, learning_rate=1e-2, eval_fraction=0.25, eval_steps=4, lora_rank=8,
+    # 3e-3: at 1e-2 the loss of 8 two-clip steps now and then ends above where it started.
+    result = finetune(config(work, "lora", max_steps=8, learning_rate=3e-3, eval_fraction=0.25, eval_steps=4, lora_rank=8,
                              lora_alpha=16, use_rslora=True), callbacks=[probe])
     return result, probe.logits
 
@@ -362,13 +363,13 @@ def test_lora_run_writes_adapter_config_metrics_and_curves(work, lora_run):
     assert not (work["root"] / "lora.checkpoints").exists()
     metrics = result.metrics
     assert metrics["steps"] == 8 and metrics["data"]["train_clips"] == 3 and metrics["data"]["eval_clips"] == 1
-    # The evaluation loss is recorded before, during and after training; with one held-out clip of
-    # eSpeak speech (which jitters from run to run) after 8 steps it is not a reliable signal of
-    # learning, the training loss is.
+    # The evaluation loss is recorded before, during and after training, and falls; so does the
+    # training loss (last three steps against the first: single two-clip steps are noisy).
     evals = [e["eval_loss"] for e in metrics["log_history"] if "eval_loss" in e]
     assert len(evals) >= 3 and evals[0] == metrics["eval_loss_start"] and all(map(math.isfinite, evals))
+    assert metrics["eval_loss"] < metrics["eval_loss_start"]
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
-    assert losses[-1] < losses[0]
+    assert sum(losses[-3:]) / 3 < losses[0]
     names = adapter_weights(out).keys()
     assert any("backbone_model" in n for n in names) and any("depth_decoder" in n for n in names)
     assert not any("codec_model" in n for n in names)
