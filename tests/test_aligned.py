@@ -15,6 +15,7 @@ from tokentts.generation import Generator, SamplingConfig
 from tokentts.model import Segment, build_prompt, load_model, save_tiny_csm
 from tokentts.model.prompt import (
     ALIGNED,
+    TIMED,
     FRAMES_PER_TOKEN_KEY,
     TEXT_POSITIONS_KEY,
     Prompt,
@@ -25,6 +26,7 @@ from tokentts.model.prompt import (
     header_length,
     text_frames,
     tokenize_text,
+    word_timed_durations,
 )
 from tokentts.training.examples import CsmTrainingDataset, TrainingClip
 
@@ -79,19 +81,78 @@ def test_target_text_spreads_over_the_context_speaking_rate(aligned):
     assert alone.positions[-1] == 4 * RATE and alone.next_position == 0
 
 
-def test_training_example_is_the_generation_prompt(aligned):
+@pytest.fixture(scope="module")
+def timed(aligned_dir, tmp_path_factory):
+    """The same tiny model with the timed layout."""
+    folder = tmp_path_factory.mktemp("timed") / "model"
+    shutil.copytree(aligned_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, TEXT_POSITIONS_KEY: TIMED}))
+    return load_model(folder, device="cpu")
+
+
+@pytest.mark.parametrize("layout", ["aligned", "timed"])
+def test_training_example_is_the_generation_prompt(layout, aligned, timed):
     """What the model learns from is laid out exactly as what it later continues from."""
-    tokenizer, config = aligned.processor.tokenizer, aligned.model.config
-    clips = [TrainingClip(row, "0", tokenize_text(tokenizer, "0", text), random_codes(frames, row),
-                          header_length(tokenizer, "0"))
-             for row, (text, frames) in enumerate([("First clip.", 17), ("The second one.", 23)])]
+    from tokentts.training.data import EncodedClip
+    from tokentts.training.examples import tokenize_clips
+
+    model = {"aligned": aligned, "timed": timed}[layout]
+    tokenizer, config = model.processor.tokenizer, model.model.config
+    texts = ["First clip, quite short.", "The second one is extraordinarily long."]
+    clips, _ = tokenize_clips([EncodedClip(row, text, "0", random_codes(frames, row))
+                               for row, (text, frames) in enumerate(zip(texts, (27, 43)))],
+                              tokenizer, 256, 2048, TextLayout.of(config))
     dataset = CsmTrainingDataset(clips, audio_token_id=config.audio_token_id,
                                  audio_eos_token_id=config.audio_eos_token_id, depth_frame_fraction=1.0,
                                  context_probability=1.0, aligned=True)
     example = dataset[1]  # clip 0 as context, clip 1 as target
-    prompt = build_prompt([Segment("0", "First clip.", codes=clips[0].codes),
-                           Segment("0", "The second one.", codes=clips[1].codes)], aligned)
+    prompt = build_prompt([Segment("0", texts[0], codes=clips[0].codes), Segment("0", texts[1], codes=clips[1].codes)],
+                          model)
     assert torch.equal(example["tokens"], prompt.tokens) and torch.equal(example["position_ids"], prompt.positions)
+    even = build_prompt([Segment("0", texts[0], codes=clips[0].codes), Segment("0", texts[1], codes=clips[1].codes)],
+                        aligned)
+    assert torch.equal(even.tokens, prompt.tokens)
+    assert torch.equal(even.positions, prompt.positions) == (layout == "aligned")
+
+
+def test_timed_layout_places_each_word_where_another_voice_says_it(timed):
+    """eSpeak's word timings in its default voice, scaled to a clip, predict where a different voice
+    (variant, pitch, slower rate) says each word far better than even spreading does."""
+    from tokentts.audio.synth import EspeakVoice, espeak_word_timings
+
+    text = "Extraordinarily, a cat sat on the unbelievably comfortable mat at noon."
+    words, seconds = espeak_word_timings(text, EspeakVoice("en-gb-x-rp", "m3", pitch=30, rate=120))
+    fps = 25.0  # the embedded codec's frame rate
+    frames = round(seconds * fps)
+    assert 90 < frames < 180 and len(words) >= 8
+    tokenizer = timed.processor.tokenizer
+    header = header_length(tokenizer, "0")
+    ids = tokenize_text(tokenizer, "0", text)
+    errors = {}
+    for layout, durations in (("even", None), ("timed", word_timed_durations(text))):
+        positions = align_text(text_frames(ids, 8), header, frames, durations).positions[header:-1]
+        # Where the layout puts each word's first character against when the other voice starts it.
+        errors[layout] = max(abs(int(positions[len(text[:char].encode())]) - start * fps) for char, start in words)
+    assert errors["timed"] < 4 and errors["timed"] < errors["even"] / 2, errors  # 4 frames: 160 ms
+    durations = word_timed_durations("Ünïcode café, naïve.")
+    assert len(durations) == len("Ünïcode café, naïve.".encode()) and min(durations) > 0
+    with pytest.raises(TokenttsError, match="one token per UTF-8 byte"):
+        align_text(text_frames(ids, 8), header, frames, durations)
+
+
+def test_timed_layout_reads_characters(aligned_dir, tmp_path):
+    from tokentts.model.prompt import ESPEAK_IPA, TEXT_FRONTEND_KEY
+    from tokentts.training.pretrain import PretrainConfig
+
+    config = json.loads((aligned_dir / "config.json").read_text())
+    folder = tmp_path / "model"
+    shutil.copytree(aligned_dir, folder)
+    (folder / "config.json").write_text(json.dumps({**config, TEXT_POSITIONS_KEY: TIMED, TEXT_FRONTEND_KEY: ESPEAK_IPA}))
+    with pytest.raises(TokenttsError, match="timed text layout needs the characters"):
+        load_model(folder, device="cpu")
+    with pytest.raises(ValueError, match="timed text positions need"):
+        PretrainConfig(dataset="x", text_positions=TIMED, text_frontend=ESPEAK_IPA)
 
 
 def test_engine_matches_transformers_forward_with_aligned_positions(aligned):
@@ -144,7 +205,7 @@ def test_phoneme_front_end_reads_espeak_ipa(aligned_dir, tmp_path):
     prompt = build_prompt([Segment("0", "Please tell Clara.")], model)
     assert tokenizer.decode(prompt.input_ids[4:-1].tolist()) == espeak_phonemes("Please tell Clara.")
     clips, _ = tokenize_clips([EncodedClip(0, "Please tell Clara.", "0", random_codes(9))], tokenizer, 256, 2048,
-                              phonemes=True)
+                              TextLayout.of(model.model.config))
     assert clips[0].text_ids == prompt.input_ids.tolist()
     with pytest.raises(TokenttsError, match="nothing to phonemize"):
         espeak_phonemes("  ")

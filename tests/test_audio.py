@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tokentts.audio import decode_audio, encode_audio, load_audio, resample
-from tokentts.audio.synth import EspeakVoice, espeak_variants, synthesize_espeak
+from tokentts.audio.synth import EspeakVoice, espeak_variants, espeak_word_timings, synthesize_espeak
 from tokentts.cli import main
 from tokentts.errors import TokenttsError
 
@@ -15,6 +15,22 @@ def test_espeak_voices_differ_and_have_speech_length():
     assert 1.5 < len(a) / 24000 < 5.0
     assert len(b) < len(a)  # faster rate -> shorter
     assert {"m3", "f2", "klatt"} <= set(espeak_variants())
+
+
+def test_espeak_word_timings_follow_the_speech():
+    text = "One, two. Extraordinarily three!"
+    fast, slow = EspeakVoice(rate=220), EspeakVoice(rate=110)
+    words, total = espeak_word_timings(text, fast)
+    assert [char for char, _ in words] == [0, 5, 10, 26]
+    starts = [seconds for _, seconds in words]
+    assert starts[0] < 0.05 and all(a < b for a, b in zip(starts, starts[1:])) and starts[-1] < total
+    assert abs(total - len(synthesize_espeak(text, fast)) / 24000) < 0.05
+    # The long word takes longer than the short ones; half the rate, about twice the time.
+    assert starts[3] - starts[2] > 1.5 * (starts[1] - starts[0])
+    slow_starts = [seconds for _, seconds in espeak_word_timings(text, slow)[0]]
+    assert 1.6 < slow_starts[3] / starts[3] < 2.4
+    with pytest.raises(TokenttsError, match="empty"):
+        espeak_word_timings(" ")
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

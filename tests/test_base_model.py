@@ -19,7 +19,7 @@ from tokentts.model.prompt import TextLayout
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
 
 TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
-           steps=6, continue_steps=3, batch_size=4, text_frontend="espeak-ipa", hidden_size=64, num_layers=2,
+           steps=6, continue_steps=3, batch_size=4, hidden_size=64, num_layers=2,
            depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
 
 
@@ -47,7 +47,8 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     wers = {c["name"]: c["summary"]["wer"]["mean"] for c in report["conditions"]}
     assert wers["recordings"] < 0.6 and wers["base"] > wers["recordings"] + 0.3
     card = (packaged / "README.md").read_text()
-    assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "aligned" in card and "IPA" in card
+    assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "*timed* layout" in card
+    assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
 
 
@@ -70,7 +71,7 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
             if t.is_floating_point()} == {torch.float16}
     assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-continued")
     full, half = load_model(config.work / "model-continued", device="cpu"), load_model(packaged, device="cpu")
-    assert half.model.dtype == torch.float32 and TextLayout.of(half.model.config).aligned
+    assert half.model.dtype == torch.float32 and TextLayout.of(half.model.config).timed
     # float16 storage moves each weight by < 0.1 %: the next-frame logits barely move.
     prompt = build_prompt([Segment("0", held_out_sentences(config)[1])], full)
     logits = []

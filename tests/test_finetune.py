@@ -177,6 +177,19 @@ def test_examples_match_transformers_layout_and_label_the_end_frame(work):
     assert len(depth_frames) == int(np.ceil(0.25 * clips[1].codes.shape[1])) + 1
     assert depth_frames[-1] == len(example["tokens"]) - 1
 
+    # Speaker swap: the same context and target, both under the id of the corpus's other speaker.
+    other = tokenize_clips([EncodedClip(2, TEXTS[2], "12", codes[0])], lm.processor.tokenizer, 256, 2048)[0]
+    swapped = CsmTrainingDataset(clips, depth_frame_fraction=0.25, context_probability=1.0, context_speaker_swap=1.0,
+                                 context_pool=clips + other, **ids)[1]
+    tokenizer = lm.processor.tokenizer
+    assert tokenizer.decode(example["tokens"][:, -1]).count("[1]") == 2
+    assert tokenizer.decode(swapped["tokens"][:, -1]).count("[12]") == 2 and "[1]" not in tokenizer.decode(
+        swapped["tokens"][:, -1])
+    assert len(swapped["tokens"]) == len(example["tokens"]) + 2  # "[12]" is one token longer than "[1]", twice
+    audio_rows = example["mask"][:, :-1].any(-1)
+    assert torch.equal(swapped["tokens"][swapped["mask"][:, :-1].any(-1), :-1], example["tokens"][audio_rows, :-1])
+    assert torch.equal(swapped["labels"][-clips[1].codes.shape[1] - 1:, 0], example["labels"][first_target:, 0])
+
 
 def test_length_grouped_batches_are_seeded_and_pad_little(work):
     lengths = list(range(10, 74))

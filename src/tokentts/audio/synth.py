@@ -24,7 +24,19 @@ _ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_RANGE, _ESPEAK_WORDGAP = 1, 3, 4, 7
 _ESPEAK_CHARS_UTF8 = 1
 _POS_CHARACTER = 1
 _PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA in UTF-8
-_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1  # espeak_EVENT_TYPE
+
+
+class _EspeakEvent(ctypes.Structure):
+    """speak_lib.h's espeak_EVENT: what the synthesizer reports along with the audio (word starts, ...)."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                   ctypes.POINTER(_EspeakEvent))
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class _Espeak:
             raise TokenttsError("eSpeak NG failed to initialise")
         self.lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
+        self._word_starts: list[tuple[int, int]] = []
         # Keep a reference to the callback: ctypes would free it otherwise.
         self._callback = _SYNTH_CALLBACK(self._on_audio)
         self.lib.espeak_SetSynthCallback(self._callback)
@@ -64,19 +77,25 @@ class _Espeak:
         self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
         self.data_path = Path(espeakng_loader.get_data_path())
 
-    def _on_audio(self, wav, n, _events) -> int:
+    def _on_audio(self, wav, n, events) -> int:
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_WORD:  # text_position counts characters from 1
+                self._word_starts.append((events[i].text_position - 1, events[i].sample))
+            i += 1
         if n > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).astype(np.float32) / 32768.0)
         return 0
 
-    def synthesize(self, text: str, voice: EspeakVoice) -> np.ndarray:
+    def synthesize(self, text: str, voice: EspeakVoice) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """The audio at the native rate, and each spoken word's (character index, first sample)."""
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                 raise TokenttsError(f"unknown eSpeak voice {voice.name!r}")
             self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate), 0)
             self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(voice.pitch), 0)
             self.lib.espeak_SetParameter(_ESPEAK_RANGE, int(voice.pitch_range), 0)
-            self._chunks = []
+            self._chunks, self._word_starts = [], []
             data = text.encode("utf-8") + b"\0"
             status = self.lib.espeak_Synth(
                 ctypes.c_char_p(data), len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
@@ -85,7 +104,8 @@ class _Espeak:
             if status != 0:
                 raise TokenttsError(f"eSpeak NG synthesis failed (status {status})")
             chunks, self._chunks = self._chunks, []
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            word_starts, self._word_starts = self._word_starts, []
+        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), word_starts
 
     def phonemes(self, text: str, language: str) -> str:
         """`text` as eSpeak's IPA phonemes, clause by clause (punctuation ends a clause), joined by ", "."""
@@ -120,8 +140,18 @@ def synthesize_espeak(text: str, voice: EspeakVoice = EspeakVoice(), sample_rate
     if not text.strip():
         raise TokenttsError("nothing to synthesize: the text is empty")
     engine = _espeak()
-    wav = engine.synthesize(text, voice)
+    wav, _ = engine.synthesize(text, voice)
     return resample(wav, engine.native_rate, sample_rate)
+
+
+def espeak_word_timings(text: str, voice: EspeakVoice = EspeakVoice()) -> tuple[list[tuple[int, float]], float]:
+    """When eSpeak NG starts each word of `text`: ([(character index in `text`, seconds)], total seconds).
+    Unstressed short words may share their neighbour's start (eSpeak reports no event for them)."""
+    if not text.strip():
+        raise TokenttsError("nothing to synthesize: the text is empty")
+    engine = _espeak()
+    wav, word_starts = engine.synthesize(text, voice)
+    return [(char, sample / engine.native_rate) for char, sample in word_starts], len(wav) / engine.native_rate
 
 
 def espeak_phonemes(text: str, language: str = "en-us") -> str:

@@ -14,7 +14,7 @@ from tokentts.codecs.base import Codec
 from tokentts.codecs.mimi import MimiCodec
 from tokentts.codecs.neural import load_codec
 from tokentts.errors import TokenttsError
-from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY
+from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY, TextLayout
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def load_model(model: str | Path, adapter: str | Path | None = None, device: str
     if not isinstance(csm, CsmForConditionalGeneration) or not isinstance(processor, CsmProcessor):
         raise TokenttsError(f"{source!r} is not a CSM checkpoint")
     check_tied_audio_embeddings(csm)
+    TextLayout.of(csm.config)  # an unknown or inconsistent text layout fails here, not at the first prompt
     if adapter is not None:
         adapter_path = Path(adapter).expanduser()
         if not adapter_path.is_dir():

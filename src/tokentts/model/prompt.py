@@ -16,8 +16,12 @@ pretrained here may use the "aligned" layout instead: a segment's text tokens ar
 over the positions of its audio frames, so that the audio frame at position p finds the text it
 speaks near relative distance 0. A small model learns that local attention in minutes, where the
 sequential layout leaves it to discover the text-to-audio alignment (which, on a CPU budget, it
-does not). For the text to speak, the audio's length is not known yet: the text is spread over an
-estimate from the speaking rate (frames per text token) of the voice context or of the model.
+does not). The "timed" layout spreads text by eSpeak NG's word timings instead of evenly: each word's
+characters share the span eSpeak takes to say that word, scaled to the segment's audio, so the text
+at relative distance 0 is the word being spoken, to within a word (even spreading drifts by several
+words in a long sentence). For the text to speak, the audio's length is not known yet: the text is
+spread over an estimate from the speaking rate (frames per text token) of the voice context or of
+the model.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +52,9 @@ class Segment:
         return self.audio is not None or self.codes is not None
 
 
-SEQUENTIAL, ALIGNED = "sequential", "aligned"
-TEXT_POSITIONS_KEY = "tokentts_text_positions"  # CsmConfig attribute: SEQUENTIAL (default) or ALIGNED
+SEQUENTIAL, ALIGNED, TIMED = "sequential", "aligned", "timed"
+TEXT_POSITIONS = (SEQUENTIAL, ALIGNED, TIMED)
+TEXT_POSITIONS_KEY = "tokentts_text_positions"  # CsmConfig attribute: one of TEXT_POSITIONS (default SEQUENTIAL)
 FRAMES_PER_TOKEN_KEY = "tokentts_frames_per_token"  # CsmConfig attribute: the model's speaking rate (aligned)
 TEXT_FRONTEND_KEY = "tokentts_text_frontend"  # CsmConfig attribute: "characters" (default) or ESPEAK_IPA
 CHARACTERS, ESPEAK_IPA = "characters", "espeak-ipa"  # ESPEAK_IPA: the model reads eSpeak NG's IPA for the text
@@ -58,19 +64,23 @@ CHARACTERS, ESPEAK_IPA = "characters", "espeak-ipa"  # ESPEAK_IPA: the model rea
 class TextLayout:
     """How a model places text positions (read from its config; csm-1b: sequential)."""
 
-    aligned: bool = False
+    aligned: bool = False  # text positions follow the audio (ALIGNED or TIMED)
     frames_per_token: float = 0.0  # speaking rate used when no voice context gives one
     phonemes: bool = False  # text is turned into eSpeak NG's IPA before tokenizing (English)
+    timed: bool = False  # spread by eSpeak NG's word timings (TIMED) rather than evenly
 
     @classmethod
     def of(cls, config) -> TextLayout:
         layout = getattr(config, TEXT_POSITIONS_KEY, SEQUENTIAL) or SEQUENTIAL
-        if layout not in (SEQUENTIAL, ALIGNED):
+        if layout not in TEXT_POSITIONS:
             raise TokenttsError(f"unknown text position layout {layout!r} in the model config")
         frontend = getattr(config, TEXT_FRONTEND_KEY, CHARACTERS) or CHARACTERS
         if frontend not in (CHARACTERS, ESPEAK_IPA):
             raise TokenttsError(f"unknown text front end {frontend!r} in the model config")
-        return cls(layout == ALIGNED, float(getattr(config, FRAMES_PER_TOKEN_KEY, 0.0) or 0.0), frontend == ESPEAK_IPA)
+        if layout == TIMED and frontend != CHARACTERS:
+            raise TokenttsError("the timed text layout needs the characters front end")
+        return cls(layout != SEQUENTIAL, float(getattr(config, FRAMES_PER_TOKEN_KEY, 0.0) or 0.0),
+                   frontend == ESPEAK_IPA, layout == TIMED)
 
 
 @dataclass
@@ -115,9 +125,8 @@ def check_speaker(speaker: str) -> str:
     return speaker
 
 
-def tokenize_text(tokenizer, speaker: str, text: str, phonemes: bool = False) -> list[int]:
-    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids; rejects what the tokenizer can't encode.
-    `phonemes`: the model reads eSpeak NG's IPA rendering of the text (TextLayout.phonemes)."""
+def normalize_text(text: str) -> str:
+    """The text as the model reads it: whitespace runs made single spaces; rejects empty or invalid text."""
     text = " ".join(str(text).split())
     if not text:
         raise TokenttsError("the text is empty")
@@ -125,6 +134,13 @@ def tokenize_text(tokenizer, speaker: str, text: str, phonemes: bool = False) ->
         text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes in a command-line argument
         raise TokenttsError("the text is not valid Unicode (it holds undecodable bytes)") from None
+    return text
+
+
+def tokenize_text(tokenizer, speaker: str, text: str, phonemes: bool = False) -> list[int]:
+    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids; rejects what the tokenizer can't encode.
+    `phonemes`: the model reads eSpeak NG's IPA rendering of the text (TextLayout.phonemes)."""
+    text = normalize_text(text)
     if phonemes:
         from tokentts.audio.synth import espeak_phonemes
 
@@ -152,14 +168,50 @@ def text_frames(token_ids: Sequence[int], num_codebooks: int) -> Prompt:
     return Prompt(tokens, mask, torch.arange(n), n)
 
 
-def align_text(text: Prompt, header_tokens: int, num_frames: int) -> Prompt:
+def word_timed_durations(text: str) -> list[float]:
+    """How long each UTF-8 byte of `text` (as `normalize_text` leaves it) takes to say, in seconds:
+    eSpeak NG's time for each word (from its start to the next word's start) shared evenly by the
+    word's bytes and the spaces and punctuation after it. The timed layout's spreading weights."""
+    return list(_word_timed_durations(normalize_text(text)))
+
+
+@lru_cache(maxsize=8192)
+def _word_timed_durations(text: str) -> tuple[float, ...]:
+    # Cached: eSpeak's timings move by a fraction of a millisecond from call to call (state it keeps
+    # between calls), which could move a text token by one position; a text must always get the same.
+    from tokentts.audio.synth import espeak_word_timings
+
+    word_starts, total = espeak_word_timings(text)
+    # Word starts as character boundaries; the first word's span also takes any leading characters.
+    starts = sorted({char: seconds for char, seconds in word_starts if 0 <= char < len(text)}.items())
+    if not starts or total <= 0:  # nothing spoken (e.g. only punctuation): even spreading
+        return (1.0,) * len(text.encode("utf-8"))
+    bounds = [(0, 0.0)] + starts[1:] + [(len(text), max(total, starts[-1][1]))]
+    durations: list[float] = []
+    for (char, seconds), (next_char, next_seconds) in zip(bounds, bounds[1:]):
+        size = len(text[char:next_char].encode("utf-8"))
+        # A floor keeps every byte a little time: eSpeak may start two words at the same sample.
+        durations += [max(next_seconds - seconds, 0.01) / size] * size
+    return tuple(durations)
+
+
+def align_text(text: Prompt, header_tokens: int, num_frames: int, durations: Sequence[float] | None = None) -> Prompt:
     """Text frames in the aligned layout, for audio of `num_frames` frames at positions 0..num_frames - 1:
-    the header (`<|begin_of_text|>[speaker]`) at 0, each text token at the middle of its even share
-    of [0, num_frames), the end-of-text token at num_frames. The audio that follows starts at 0."""
+    the header (`<|begin_of_text|>[speaker]`) at 0, each text token at the middle of its share of
+    [0, num_frames) (shares proportional to `durations`, one per text token; even without), the
+    end-of-text token at num_frames. The audio that follows starts at 0."""
     body = len(text) - header_tokens - 1
     if body < 1 or num_frames < 1:
         raise ValueError("aligned text needs at least one text token and one audio frame")
-    spread = ((torch.arange(body, dtype=torch.float64) + 0.5) * (num_frames / body)).long()
+    if durations is None:
+        spread = ((torch.arange(body, dtype=torch.float64) + 0.5) * (num_frames / body)).long()
+    elif len(durations) != body:
+        raise TokenttsError(f"{len(durations)} durations for {body} text tokens: the timed layout needs "
+                            "a tokenizer with one token per UTF-8 byte")
+    else:
+        share = torch.tensor(durations, dtype=torch.float64)
+        share = share / share.sum() * num_frames
+        spread = (torch.cumsum(share, 0) - share / 2).long()
     positions = torch.cat([torch.zeros(header_tokens, dtype=torch.long), spread, torch.tensor([num_frames])])
     return Prompt(text.tokens, text.mask, positions, 0)
 
@@ -178,12 +230,13 @@ def audio_frames(codes: torch.LongTensor, audio_token_id: int, audio_eos_token_i
 
 def segment_frames(text_ids: Sequence[int], codes: torch.LongTensor | None, *, num_codebooks: int,
                    audio_token_id: int, audio_eos_token_id: int, aligned: bool = False, header_tokens: int = 0,
-                   target_frames: int = 0) -> Prompt:
+                   target_frames: int = 0, durations: Sequence[float] | None = None) -> Prompt:
     """One segment's frames: its text, then (when it has `codes` [K, T]) its audio and end-of-audio.
-    In the aligned layout a target without audio spreads its text over `target_frames` frames."""
+    In the aligned layout a target without audio spreads its text over `target_frames` frames, in
+    shares proportional to `durations` (the timed layout) or evenly."""
     text = text_frames(text_ids, num_codebooks)
     if aligned:
-        text = align_text(text, header_tokens, codes.shape[1] if codes is not None else target_frames)
+        text = align_text(text, header_tokens, codes.shape[1] if codes is not None else target_frames, durations)
     if codes is None:
         return text
     return Prompt.cat([text, audio_frames(codes, audio_token_id, audio_eos_token_id)])
@@ -223,16 +276,17 @@ def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | 
         if codes is not None:
             if codes.shape[0] != config.num_codebooks:
                 raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
-        rows.append((text_ids, header, codes))
+        rows.append((text_ids, header, codes, word_timed_durations(segment.text) if layout.timed else None))
     if frames_per_token is None and layout.aligned:
-        rate = speaking_rate([(len(t) - h - 1, c.shape[1]) for t, h, c in rows if c is not None])
+        rate = speaking_rate([(len(t) - h - 1, c.shape[1]) for t, h, c, _ in rows if c is not None])
         frames_per_token = rate or layout.frames_per_token
         if not frames_per_token:
             raise TokenttsError("the model config has no speaking rate for its aligned text layout")
     parts = [segment_frames(text_ids, codes, num_codebooks=config.num_codebooks, audio_token_id=config.audio_token_id,
                             audio_eos_token_id=config.audio_eos_token_id, aligned=layout.aligned, header_tokens=header,
-                            target_frames=max(1, round((len(text_ids) - header - 1) * (frames_per_token or 0))))
-             for text_ids, header, codes in rows]
+                            target_frames=max(1, round((len(text_ids) - header - 1) * (frames_per_token or 0))),
+                            durations=durations)
+             for text_ids, header, codes, durations in rows]
     return Prompt.cat(parts)
 
 

@@ -45,11 +45,16 @@ class BaseModelConfig:
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
     text_frontend: str = field(default="characters", metadata={"help": "what the model reads: characters or espeak-ipa"})
+    text_positions: str = field(default="timed", metadata={"help": "text positions: timed, aligned or sequential "
+                                                                   "(see tokentts pretrain --help)"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
     continue_steps: int = field(default=1000, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
     continue_learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
+    context_probability: float = field(default=0.3, metadata={"help": "share of examples with a voice context"})
+    context_speaker_swap: float = field(default=0.5, metadata={"help": "share of those under another speaker's id "
+                                                                        "(teaches cloning from the context)"})
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     num_layers: int = field(default=6, metadata={"help": "backbone layers"})
@@ -124,9 +129,11 @@ def build_base_model(config: BaseModelConfig) -> Path:
         dataset=str(work / "corpus"), codec=str(codec_run / "codec"), output_dir=work / "model",
         cache_dir=work / "cache", eval_fraction=0.0, batch_size=config.batch_size, grad_accum=1,
         max_steps=config.steps, learning_rate=config.learning_rate, warmup=60, scheduler="cosine",
-        depth_frame_fraction=0.5, context_probability=0.3, logging_steps=10, save_steps=200, save_total_limit=2,
+        depth_frame_fraction=0.5, context_probability=config.context_probability,
+        context_speaker_swap=config.context_speaker_swap, logging_steps=10, save_steps=200, save_total_limit=2,
         hidden_size=config.hidden_size, num_layers=config.num_layers, depth_hidden_size=config.depth_hidden_size,
-        depth_layers=config.depth_layers, text_frontend=config.text_frontend, device=config.device, seed=config.seed,
+        depth_layers=config.depth_layers, text_frontend=config.text_frontend,
+        text_positions=config.text_positions, device=config.device, seed=config.seed,
     )
     if not _stage_done(work / "model", "config.json"):
         resume = checkpoint_dir(pretrain_config).is_dir()
@@ -220,6 +227,9 @@ def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: di
                       f"{continued['train_loss']:.3f}; {continued['train_seconds'] / 60:.0f} min." if continued else "")
     reads = ("eSpeak NG's English IPA for the text (`tokentts_text_frontend: espeak-ipa`; English only)"
              if model_config.get("tokentts_text_frontend") == "espeak-ipa" else "the characters of the text")
+    layout = model_config.get("tokentts_text_positions", "sequential")
+    spread = (", each word in proportion to the time eSpeak NG takes to say it" if layout == "timed" else
+              " evenly" if layout == "aligned" else "")
     return f"""# tokentts embedded base model
 
 A small token-based TTS model of the CSM architecture (transformers' `CsmForConditionalGeneration`),
@@ -234,8 +244,8 @@ production voice: it speaks the vocabulary of its training sentences best.
   {metrics['total_parameters'] / 1e6:.1f} M parameters, stored as float16.
 - Audio: the tokentts neural codec in `codec/` (24 kHz, 25 frames/s, {model_config['num_codebooks']} codebooks
   of {model_config['vocab_size'] - 3}); the model predicts codebook 0 with the backbone and the rest with the depth decoder.
-- Text: {reads}, as UTF-8 bytes. Text positions use the *aligned* layout (`tokentts_text_positions`):
-  each segment's text is spread over the RoPE positions of the audio it speaks, at
+- Text: {reads}, as UTF-8 bytes. Text positions use the *{layout}* layout (`tokentts_text_positions`):
+  each segment's text is spread over the RoPE positions of the audio it speaks{spread}, at
   {model_config.get('tokentts_frames_per_token', 0):.2f} frames per byte when no voice context sets the rate.
   Load it with tokentts (`tokentts.model.load_model`), whose prompts and generation loop apply that layout.
 

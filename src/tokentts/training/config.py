@@ -50,6 +50,11 @@ class FinetuneConfig:
         default=0.0,
         metadata={"help": "chance that another clip of the same speaker is put before the target (teaches cloning)"},
     )
+    context_speaker_swap: float = field(
+        default=0.0,
+        metadata={"help": "share of examples with a context in which both clips get another speaker's id, so "
+                          "that the voice must come from the context audio (pretraining on many speakers)"},
+    )
     depth_frame_fraction: float = field(
         default=0.0625,
         metadata={"help": "share of audio frames the depth decoder is trained on (Sesame: 1/16; 1 = all)"},
@@ -139,8 +144,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not 0 < self.depth_frame_fraction <= 1:
             raise ValueError("depth_frame_fraction must be in (0, 1]")
-        if not 0 <= self.context_probability <= 1:
-            raise ValueError("context_probability must be in [0, 1]")
+        if not 0 <= self.context_probability <= 1 or not 0 <= self.context_speaker_swap <= 1:
+            raise ValueError("context_probability and context_speaker_swap must be in [0, 1]")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError("eval_fraction must be in [0, 1)")
         if self.max_text_tokens < 3 or self.max_audio_seconds <= 0:

@@ -5,6 +5,9 @@ One example is a frame sequence (layout in `tokentts.model.prompt`):
     [context: <bos>[spk]text<eos>  audio frames  end-of-audio]   (optional, same speaker)
     <bos>[spk]text<eos>  audio frames  end-of-audio
 
+(with `context_speaker_swap`, some examples with a context put another speaker's id in both headers:
+the voice must then come from the context audio, which is what cloning asks of the model)
+
 with labels `[T, K]`: the codes of the target's audio frames and of its end-of-audio frame (all
 zeros: that label is what teaches the model to stop), -100 everywhere else. transformers' CSM loss
 trains the backbone on codebook 0 of every labelled frame and the depth decoder on codebooks 1..K-1
@@ -17,6 +20,7 @@ index), so an example is the same on every process and after a resume.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from torch.utils.data import Dataset
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tokentts.errors import TokenttsError
-from tokentts.model.prompt import Prompt, header_length, segment_frames, tokenize_text
+from tokentts.model.prompt import Prompt, TextLayout, header_length, segment_frames, tokenize_text, word_timed_durations
 from tokentts.training.data import EncodedClip
 
 IGNORE = -100  # label value the loss skips
@@ -41,6 +45,7 @@ class TrainingClip:
     text_ids: list[int]  # <bos>[speaker]text<eos>
     codes: torch.Tensor  # [K, T]
     header_tokens: int  # of text_ids, the <bos>[speaker] part
+    durations: list[float] | None = None  # per text token, the timed layout's spreading weights
 
     @property
     def num_positions(self) -> int:
@@ -49,18 +54,19 @@ class TrainingClip:
 
 
 def tokenize_clips(clips: list[EncodedClip], tokenizer: Any, max_text_tokens: int,
-                   max_positions: int, phonemes: bool = False) -> tuple[list[TrainingClip], Counter]:
-    """Tokenize the transcripts (as eSpeak IPA with `phonemes`); drop (and count) rows over the text
-    limit or the model's context."""
+                   max_positions: int, layout: TextLayout = TextLayout()) -> tuple[list[TrainingClip], Counter]:
+    """Tokenize the transcripts as the model's `layout` reads them (characters or eSpeak IPA, with
+    word timings for the timed layout); drop (and count) rows over the text limit or the model's context."""
     kept: list[TrainingClip] = []
     dropped: Counter = Counter()
     for clip in clips:
         try:
-            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text, phonemes)
+            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text, layout.phonemes)
         except TokenttsError:
             dropped["text the tokenizer cannot encode"] += 1
             continue
-        item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes, header_length(tokenizer, clip.speaker))
+        item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes, header_length(tokenizer, clip.speaker),
+                            word_timed_durations(clip.text) if layout.timed else None)
         if len(text_ids) > max_text_tokens:
             dropped[f"text over {max_text_tokens} tokens"] += 1
         elif item.num_positions > max_positions:
@@ -74,11 +80,12 @@ class CsmTrainingDataset(Dataset):
     """Examples (tokens, mask, labels) for transformers' Trainer; see the module docstring."""
 
     def __init__(self, clips: list[TrainingClip], *, audio_token_id: int, audio_eos_token_id: int,
-                 depth_frame_fraction: float, context_probability: float = 0.0,
+                 depth_frame_fraction: float, context_probability: float = 0.0, context_speaker_swap: float = 0.0,
                  context_pool: list[TrainingClip] | None = None, max_positions: int = 2048, seed: int = 0,
                  aligned: bool = False):
         """`aligned`: the model's text layout (`tokentts.model.prompt.TextLayout`)."""
         self.clips = clips
+        self.context_speaker_swap = context_speaker_swap
         self.aligned = aligned
         self.audio_token_id = audio_token_id
         self.audio_eos_token_id = audio_eos_token_id
@@ -90,6 +97,8 @@ class CsmTrainingDataset(Dataset):
         self.by_speaker: dict[str, list[TrainingClip]] = defaultdict(list)
         for clip in context_pool if context_pool is not None else clips:
             self.by_speaker[clip.speaker].append(clip)
+        # `<bos>[speaker]` of every speaker, for examples whose speaker id is swapped.
+        self.headers = {c.speaker: c.text_ids[:c.header_tokens] for c in [*clips, *(context_pool or [])]}
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -108,18 +117,31 @@ class CsmTrainingDataset(Dataset):
         if not candidates:
             return None
         context = candidates[rng.integers(len(candidates))]
-        return context if context.num_positions + target.num_positions <= self.max_positions else None
+        return context if context.num_positions + target.num_positions + 2 <= self.max_positions else None
+
+    def _swap_speaker(self, clips: list[TrainingClip], rng: np.random.Generator) -> list[TrainingClip]:
+        """The clips (a context and its target) under another speaker's id: the id then names a voice
+        the audio does not have, and only the context tells the model whose voice to continue."""
+        others = sorted(s for s in self.headers if s != clips[0].speaker)
+        if not others:
+            return clips
+        header = self.headers[others[rng.integers(len(others))]]
+        return [dataclasses.replace(c, text_ids=[*header, *c.text_ids[c.header_tokens:]], header_tokens=len(header))
+                for c in clips]
 
     def _frames(self, clip: TrainingClip) -> Prompt:
         return segment_frames(clip.text_ids, clip.codes.long(), num_codebooks=clip.codes.shape[0],
                               audio_token_id=self.audio_token_id, audio_eos_token_id=self.audio_eos_token_id,
-                              aligned=self.aligned, header_tokens=clip.header_tokens)
+                              aligned=self.aligned, header_tokens=clip.header_tokens, durations=clip.durations)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         target = self.clips[index]
         context = self._context_for(target, rng)
-        prompt = Prompt.cat(([self._frames(context)] if context else []) + [self._frames(target)])
+        clips = [context, target] if context else [target]
+        if context and self.context_speaker_swap and rng.random() < self.context_speaker_swap:
+            clips = self._swap_speaker(clips, rng)
+        prompt = Prompt.cat([self._frames(clip) for clip in clips])
         first_audio = len(prompt) - target.codes.shape[1] - 1
         labels = torch.full(prompt.audio_codes.shape, IGNORE, dtype=torch.long)
         labels[first_audio:] = prompt.audio_codes[first_audio:]

@@ -168,7 +168,7 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
     """Training and evaluation examples from the encoded clips, and every dropped row counted by reason."""
     layout = TextLayout.of(csm_config)
     clips, text_dropped = tokenize_clips(encoded.clips, tokenizer, cfg.max_text_tokens, csm_config.max_position_embeddings,
-                                         layout.phonemes)
+                                         layout)
     dropped = encoded.dropped + text_dropped
     if not clips:
         raise TokenttsError(f"no usable rows: all {encoded.rows_total} rows were dropped ({_drop_report(dropped)})")
@@ -178,6 +178,7 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
     # Context clips come from the training split only, for the evaluation examples too.
     settings = dict(audio_token_id=csm_config.audio_token_id, audio_eos_token_id=csm_config.audio_eos_token_id,
                     depth_frame_fraction=cfg.depth_frame_fraction, context_probability=cfg.context_probability,
+                    context_speaker_swap=cfg.context_speaker_swap,
                     context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed,
                     aligned=layout.aligned)
     return (CsmTrainingDataset(train_clips, **settings),

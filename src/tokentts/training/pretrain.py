@@ -45,9 +45,10 @@ from tokentts.model.prompt import (
     ALIGNED,
     CHARACTERS,
     ESPEAK_IPA,
-    SEQUENTIAL,
     TEXT_FRONTEND_KEY,
+    TEXT_POSITIONS,
     TEXT_POSITIONS_KEY,
+    TIMED,
 )
 from tokentts.model.tiny import CSM_CHAT_TEMPLATE, small_csm_config, tiny_mimi_config, tiny_tokenizer
 from tokentts.training.config import FinetuneConfig
@@ -90,8 +91,9 @@ class PretrainConfig(FinetuneConfig):
     )
     text_positions: str = field(
         default=ALIGNED,
-        metadata={"help": "RoPE positions of text: aligned (spread over the audio it speaks; learns in minutes) or "
-                          "sequential (csm-1b's; a small model needs far more training to align text and audio)"},
+        metadata={"help": "RoPE positions of text: timed (spread over the audio it speaks by eSpeak NG's word "
+                          "timings), aligned (spread evenly; learns in minutes) or sequential (csm-1b's; a small "
+                          "model needs far more training to align text and audio)"},
     )
     # Defaults that differ from fine-tuning: all weights train, for many passes, at a higher rate.
     output_dir: Path = field(default=Path("pretrained"), metadata={"help": "where the trained model folder is written"})
@@ -115,8 +117,10 @@ class PretrainConfig(FinetuneConfig):
             raise ValueError("model sizes must be >= 1 and num_codebooks >= 0")
         if self.text_frontend not in (CHARACTERS, ESPEAK_IPA):
             raise ValueError(f"text_frontend must be {CHARACTERS} or {ESPEAK_IPA}")
-        if self.text_positions not in (ALIGNED, SEQUENTIAL):
-            raise ValueError(f"text_positions must be {ALIGNED} or {SEQUENTIAL}")
+        if self.text_positions not in TEXT_POSITIONS:
+            raise ValueError(f"text_positions must be one of {', '.join(TEXT_POSITIONS)}")
+        if self.text_positions == TIMED and self.text_frontend != CHARACTERS:
+            raise ValueError(f"the {TIMED} text positions need the {CHARACTERS} text front end")
         if self.hidden_size % self.num_heads or self.depth_hidden_size % self.depth_heads:
             raise ValueError("hidden_size and depth_hidden_size must be multiples of their head counts")
 
