@@ -26,7 +26,7 @@ from tokentts.model.prompt import (
     header_length,
     text_frames,
     tokenize_text,
-    word_timed_durations,
+    spoken_text,
 )
 from tokentts.training.examples import CsmTrainingDataset, TrainingClip
 
@@ -91,13 +91,25 @@ def timed(aligned_dir, tmp_path_factory):
     return load_model(folder, device="cpu")
 
 
-@pytest.mark.parametrize("layout", ["aligned", "timed"])
-def test_training_example_is_the_generation_prompt(layout, aligned, timed):
+@pytest.fixture(scope="module")
+def phoneme_timed(aligned_dir, tmp_path_factory):
+    """The same tiny model reading eSpeak's timed phonemes."""
+    from tokentts.model.prompt import ESPEAK_IPA, TEXT_FRONTEND_KEY
+
+    folder = tmp_path_factory.mktemp("phoneme-timed") / "model"
+    shutil.copytree(aligned_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, TEXT_POSITIONS_KEY: TIMED, TEXT_FRONTEND_KEY: ESPEAK_IPA}))
+    return load_model(folder, device="cpu")
+
+
+@pytest.mark.parametrize("layout", ["aligned", "timed", "phoneme-timed"])
+def test_training_example_is_the_generation_prompt(layout, aligned, timed, phoneme_timed):
     """What the model learns from is laid out exactly as what it later continues from."""
     from tokentts.training.data import EncodedClip
     from tokentts.training.examples import tokenize_clips
 
-    model = {"aligned": aligned, "timed": timed}[layout]
+    model = {"aligned": aligned, "timed": timed, "phoneme-timed": phoneme_timed}[layout]
     tokenizer, config = model.processor.tokenizer, model.model.config
     texts = ["First clip, quite short.", "The second one is extraordinarily long."]
     clips, _ = tokenize_clips([EncodedClip(row, text, "0", random_codes(frames, row))
@@ -110,10 +122,11 @@ def test_training_example_is_the_generation_prompt(layout, aligned, timed):
     prompt = build_prompt([Segment("0", texts[0], codes=clips[0].codes), Segment("0", texts[1], codes=clips[1].codes)],
                           model)
     assert torch.equal(example["tokens"], prompt.tokens) and torch.equal(example["position_ids"], prompt.positions)
-    even = build_prompt([Segment("0", texts[0], codes=clips[0].codes), Segment("0", texts[1], codes=clips[1].codes)],
-                        aligned)
-    assert torch.equal(even.tokens, prompt.tokens)
-    assert torch.equal(even.positions, prompt.positions) == (layout == "aligned")
+    if layout != "phoneme-timed":
+        even = build_prompt([Segment("0", texts[0], codes=clips[0].codes), Segment("0", texts[1], codes=clips[1].codes)],
+                            aligned)
+        assert torch.equal(even.tokens, prompt.tokens)
+        assert torch.equal(even.positions, prompt.positions) == (layout == "aligned")
 
 
 def test_timed_layout_places_each_word_where_another_voice_says_it(timed):
@@ -130,29 +143,34 @@ def test_timed_layout_places_each_word_where_another_voice_says_it(timed):
     header = header_length(tokenizer, "0")
     ids = tokenize_text(tokenizer, "0", text)
     errors = {}
-    for layout, durations in (("even", None), ("timed", word_timed_durations(text))):
+    timed_layout = TextLayout(aligned=True, timed=True)
+    for layout, durations in (("even", None), ("timed", spoken_text(text, timed_layout)[1])):
         positions = align_text(text_frames(ids, 8), header, frames, durations).positions[header:-1]
         # Where the layout puts each word's first character against when the other voice starts it.
         errors[layout] = max(abs(int(positions[len(text[:char].encode())]) - start * fps) for char, start in words)
     assert errors["timed"] < 4 and errors["timed"] < errors["even"] / 2, errors  # 4 frames: 160 ms
-    durations = word_timed_durations("Ünïcode café, naïve.")
+    durations = spoken_text("Ünïcode café, naïve.", timed_layout)[1]
     assert len(durations) == len("Ünïcode café, naïve.".encode()) and min(durations) > 0
     with pytest.raises(TokenttsError, match="one token per UTF-8 byte"):
         align_text(text_frames(ids, 8), header, frames, durations)
 
 
-def test_timed_layout_reads_characters(aligned_dir, tmp_path):
-    from tokentts.model.prompt import ESPEAK_IPA, TEXT_FRONTEND_KEY
-    from tokentts.training.pretrain import PretrainConfig
+def test_phoneme_timed_layout_reads_the_phonemes_espeak_speaks_with_their_durations():
+    """espeak-ipa + timed: the text is the phonemes of eSpeak's own synthesis, a space before each
+    word and "," for each pause, each phoneme's bytes sharing the time eSpeak gives it."""
+    from tokentts.audio.synth import espeak_phoneme_timings, espeak_phonemes
 
-    config = json.loads((aligned_dir / "config.json").read_text())
-    folder = tmp_path / "model"
-    shutil.copytree(aligned_dir, folder)
-    (folder / "config.json").write_text(json.dumps({**config, TEXT_POSITIONS_KEY: TIMED, TEXT_FRONTEND_KEY: ESPEAK_IPA}))
-    with pytest.raises(TokenttsError, match="timed text layout needs the characters"):
-        load_model(folder, device="cpu")
-    with pytest.raises(ValueError, match="timed text positions need"):
-        PretrainConfig(dataset="x", text_positions=TIMED, text_frontend=ESPEAK_IPA)
+    text = "Please wait, then go."
+    ipa, durations = spoken_text(text, TextLayout(aligned=True, phonemes=True, timed=True))
+    assert ipa.split(",")[0].replace(" ", "") == espeak_phonemes(text).split(",")[0].replace(" ", "")
+    assert ipa.count(" ") == 3 and "," in ipa and len(durations) == len(ipa.encode())
+    phonemes, total = espeak_phoneme_timings(text)
+    assert abs(sum(durations) - total) < 0.1  # the whole utterance, leading and trailing silence included
+    # The comma's pause is the longest piece of the sentence.
+    pause = ipa.index(",")
+    assert durations[len(ipa[:pause].encode())] == max(durations)
+    with pytest.raises(TokenttsError, match="nothing to say"):
+        spoken_text("?!", TextLayout(aligned=True, phonemes=True, timed=True))
 
 
 def test_engine_matches_transformers_forward_with_aligned_positions(aligned):

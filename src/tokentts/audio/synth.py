@@ -24,7 +24,8 @@ _ESPEAK_RATE, _ESPEAK_PITCH, _ESPEAK_RANGE, _ESPEAK_WORDGAP = 1, 3, 4, 7
 _ESPEAK_CHARS_UTF8 = 1
 _POS_CHARACTER = 1
 _PHONEMES_IPA = 0x02  # espeak_TextToPhonemes: IPA in UTF-8
-_EVENT_LIST_TERMINATED, _EVENT_WORD = 0, 1  # espeak_EVENT_TYPE
+_EVENT_LIST_TERMINATED, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7  # espeak_EVENT_TYPE
+_INITIALIZE_PHONEME_EVENTS, _INITIALIZE_PHONEME_IPA = 0x0001, 0x0002  # espeak_Initialize options
 
 
 class _EspeakEvent(ctypes.Structure):
@@ -54,6 +55,16 @@ class EspeakVoice:
         return f"{self.language}+{self.variant}" if self.variant else self.language
 
 
+@dataclass(frozen=True)
+class SpokenEvent:
+    """A word (`word_char`: its first character's index in the text) or a phoneme (`phoneme`: IPA,
+    "" for a pause) starting at `sample` of eSpeak's native-rate output."""
+
+    sample: int
+    word_char: int | None = None
+    phoneme: str | None = None
+
+
 class _Espeak:
     """The process-wide eSpeak NG library (it holds global state, so calls are serialised)."""
 
@@ -63,13 +74,14 @@ class _Espeak:
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.native_rate = self.lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(),
+            _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA,  # phoneme events name phonemes in IPA
         )
         if self.native_rate <= 0:
             raise TokenttsError("eSpeak NG failed to initialise")
         self.lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
-        self._word_starts: list[tuple[int, int]] = []
+        self._events: list[SpokenEvent] = []
         # Keep a reference to the callback: ctypes would free it otherwise.
         self._callback = _SYNTH_CALLBACK(self._on_audio)
         self.lib.espeak_SetSynthCallback(self._callback)
@@ -80,22 +92,25 @@ class _Espeak:
     def _on_audio(self, wav, n, events) -> int:
         i = 0
         while events[i].type != _EVENT_LIST_TERMINATED:
-            if events[i].type == _EVENT_WORD:  # text_position counts characters from 1
-                self._word_starts.append((events[i].text_position - 1, events[i].sample))
+            event = events[i]
+            if event.type == _EVENT_WORD:  # text_position counts characters from 1
+                self._events.append(SpokenEvent(event.sample, event.text_position - 1))
+            elif event.type == _EVENT_PHONEME:
+                self._events.append(SpokenEvent(event.sample, phoneme=bytes(event.id).split(b"\0")[0].decode("utf-8")))
             i += 1
         if n > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).astype(np.float32) / 32768.0)
         return 0
 
-    def synthesize(self, text: str, voice: EspeakVoice) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """The audio at the native rate, and each spoken word's (character index, first sample)."""
+    def synthesize(self, text: str, voice: EspeakVoice) -> tuple[np.ndarray, list[SpokenEvent]]:
+        """The audio at the native rate, and the word and phoneme events in the order spoken."""
         with self.lock:
             if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
                 raise TokenttsError(f"unknown eSpeak voice {voice.name!r}")
             self.lib.espeak_SetParameter(_ESPEAK_RATE, int(voice.rate), 0)
             self.lib.espeak_SetParameter(_ESPEAK_PITCH, int(voice.pitch), 0)
             self.lib.espeak_SetParameter(_ESPEAK_RANGE, int(voice.pitch_range), 0)
-            self._chunks, self._word_starts = [], []
+            self._chunks, self._events = [], []
             data = text.encode("utf-8") + b"\0"
             status = self.lib.espeak_Synth(
                 ctypes.c_char_p(data), len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
@@ -104,8 +119,8 @@ class _Espeak:
             if status != 0:
                 raise TokenttsError(f"eSpeak NG synthesis failed (status {status})")
             chunks, self._chunks = self._chunks, []
-            word_starts, self._word_starts = self._word_starts, []
-        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), word_starts
+            events, self._events = self._events, []
+        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), events
 
     def phonemes(self, text: str, language: str) -> str:
         """`text` as eSpeak's IPA phonemes, clause by clause (punctuation ends a clause), joined by ", "."""
@@ -150,8 +165,20 @@ def espeak_word_timings(text: str, voice: EspeakVoice = EspeakVoice()) -> tuple[
     if not text.strip():
         raise TokenttsError("nothing to synthesize: the text is empty")
     engine = _espeak()
-    wav, word_starts = engine.synthesize(text, voice)
-    return [(char, sample / engine.native_rate) for char, sample in word_starts], len(wav) / engine.native_rate
+    wav, events = engine.synthesize(text, voice)
+    return ([(e.word_char, e.sample / engine.native_rate) for e in events if e.word_char is not None],
+            len(wav) / engine.native_rate)
+
+
+def espeak_phoneme_timings(text: str, voice: EspeakVoice = EspeakVoice()) -> tuple[list[tuple[str, float]], float]:
+    """What eSpeak NG says for `text`, phoneme by phoneme: ([(IPA, start in seconds)], total seconds).
+    A word's start is the item " " and a pause the item "" (e.g. at a comma)."""
+    if not text.strip():
+        raise TokenttsError("nothing to synthesize: the text is empty")
+    engine = _espeak()
+    wav, events = engine.synthesize(text, voice)
+    return ([(" " if e.word_char is not None else e.phoneme, e.sample / engine.native_rate) for e in events],
+            len(wav) / engine.native_rate)
 
 
 def espeak_phonemes(text: str, language: str = "en-us") -> str:

@@ -77,8 +77,6 @@ class TextLayout:
         frontend = getattr(config, TEXT_FRONTEND_KEY, CHARACTERS) or CHARACTERS
         if frontend not in (CHARACTERS, ESPEAK_IPA):
             raise TokenttsError(f"unknown text front end {frontend!r} in the model config")
-        if layout == TIMED and frontend != CHARACTERS:
-            raise TokenttsError("the timed text layout needs the characters front end")
         return cls(layout != SEQUENTIAL, float(getattr(config, FRAMES_PER_TOKEN_KEY, 0.0) or 0.0),
                    frontend == ESPEAK_IPA, layout == TIMED)
 
@@ -137,21 +135,78 @@ def normalize_text(text: str) -> str:
     return text
 
 
-def tokenize_text(tokenizer, speaker: str, text: str, phonemes: bool = False) -> list[int]:
-    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids; rejects what the tokenizer can't encode.
-    `phonemes`: the model reads eSpeak NG's IPA rendering of the text (TextLayout.phonemes)."""
-    text = normalize_text(text)
-    if phonemes:
-        from tokentts.audio.synth import espeak_phonemes
-
-        text = espeak_phonemes(text)
-        if not text:  # e.g. only punctuation: a phoneme model has nothing to read
-            raise TokenttsError("eSpeak NG finds nothing to say in the text")
+def tokenize_text(tokenizer, speaker: str, text: str, layout: TextLayout = TextLayout()) -> list[int]:
+    """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids, the text as the model's `layout`
+    reads it (`spoken_text`); rejects what the tokenizer can't encode."""
+    text = spoken_text(text, layout)[0]
     body = tokenizer.encode(f"[{check_speaker(speaker)}]{text}", add_special_tokens=False)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in body:
         unknown = [ch for ch in text if tokenizer.unk_token_id in tokenizer.encode(ch, add_special_tokens=False)]
         raise TokenttsError(f"the text has characters the tokenizer cannot encode: {''.join(sorted(set(unknown)))!r}")
     return [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
+
+
+def spoken_text(text: str, layout: TextLayout = TextLayout()) -> tuple[str, tuple[float, ...] | None]:
+    """What a model of this `layout` reads for `text`, and for the timed layout how long each UTF-8
+    byte of it takes to say (the weights that spread it over the audio; None otherwise):
+
+    - characters: the text itself (whitespace normalised); timed: eSpeak NG's time for each word
+      (from its start to the next word's start), shared by the word's bytes and what follows it;
+    - espeak-ipa: eSpeak NG's IPA for the text; timed: the phonemes eSpeak actually speaks, each
+      with its own duration, a space before each word and "," for each pause.
+    """
+    text = normalize_text(text)
+    if layout.phonemes and layout.timed:
+        return _phoneme_timed(text)
+    if layout.phonemes:
+        from tokentts.audio.synth import espeak_phonemes
+
+        ipa = espeak_phonemes(text)
+        if not ipa:  # e.g. only punctuation: a phoneme model has nothing to read
+            raise TokenttsError("eSpeak NG finds nothing to say in the text")
+        return ipa, None
+    return text, _word_timed(text) if layout.timed else None
+
+
+# Cached: eSpeak's timings move by a fraction of a millisecond from call to call (state it keeps
+# between calls), which could move a text token by one position; a text must always get the same.
+@lru_cache(maxsize=8192)
+def _word_timed(text: str) -> tuple[float, ...]:
+    from tokentts.audio.synth import espeak_word_timings
+
+    word_starts, total = espeak_word_timings(text)
+    # Word starts as character boundaries; the first word's span also takes any leading characters.
+    starts = sorted({char: seconds for char, seconds in word_starts if 0 <= char < len(text)}.items())
+    if not starts or total <= 0:  # nothing spoken (e.g. only punctuation): even spreading
+        return (1.0,) * len(text.encode("utf-8"))
+    bounds = [(0, 0.0)] + starts[1:] + [(len(text), max(total, starts[-1][1]))]
+    return _byte_durations([(text[char:next_char], next_seconds - seconds)
+                            for (char, seconds), (next_char, next_seconds) in zip(bounds, bounds[1:])])
+
+
+@lru_cache(maxsize=8192)
+def _phoneme_timed(text: str) -> tuple[str, tuple[float, ...]]:
+    from tokentts.audio.synth import espeak_phoneme_timings
+
+    items, total = espeak_phoneme_timings(text)
+    while items and items[0][0] == " ":  # the first word's start needs no separator
+        items = items[1:]
+    if not any(symbol.strip() for symbol, _ in items):
+        raise TokenttsError("eSpeak NG finds nothing to say in the text")
+    items[0] = (items[0][0], 0.0)  # the first phoneme also takes the leading silence
+    pieces = [(symbol or ",", next_start - start)
+              for (symbol, start), (_, next_start) in zip(items, [*items[1:], ("", max(total, items[-1][1]))])]
+    return "".join(symbol for symbol, _ in pieces), _byte_durations(pieces)
+
+
+def _byte_durations(pieces: list[tuple[str, float]]) -> tuple[float, ...]:
+    """Each piece's seconds shared evenly by its UTF-8 bytes."""
+    durations: list[float] = []
+    for piece, seconds in pieces:
+        size = len(piece.encode("utf-8"))
+        # A floor keeps every byte a little time: eSpeak may start two words at the same sample.
+        durations += [max(seconds, 0.01) / size] * size
+    return tuple(durations)
 
 
 def header_length(tokenizer, speaker: str) -> int:
@@ -166,33 +221,6 @@ def text_frames(token_ids: Sequence[int], num_codebooks: int) -> Prompt:
     mask = torch.zeros(n, num_codebooks + 1, dtype=torch.bool)
     mask[:, -1] = True
     return Prompt(tokens, mask, torch.arange(n), n)
-
-
-def word_timed_durations(text: str) -> list[float]:
-    """How long each UTF-8 byte of `text` (as `normalize_text` leaves it) takes to say, in seconds:
-    eSpeak NG's time for each word (from its start to the next word's start) shared evenly by the
-    word's bytes and the spaces and punctuation after it. The timed layout's spreading weights."""
-    return list(_word_timed_durations(normalize_text(text)))
-
-
-@lru_cache(maxsize=8192)
-def _word_timed_durations(text: str) -> tuple[float, ...]:
-    # Cached: eSpeak's timings move by a fraction of a millisecond from call to call (state it keeps
-    # between calls), which could move a text token by one position; a text must always get the same.
-    from tokentts.audio.synth import espeak_word_timings
-
-    word_starts, total = espeak_word_timings(text)
-    # Word starts as character boundaries; the first word's span also takes any leading characters.
-    starts = sorted({char: seconds for char, seconds in word_starts if 0 <= char < len(text)}.items())
-    if not starts or total <= 0:  # nothing spoken (e.g. only punctuation): even spreading
-        return (1.0,) * len(text.encode("utf-8"))
-    bounds = [(0, 0.0)] + starts[1:] + [(len(text), max(total, starts[-1][1]))]
-    durations: list[float] = []
-    for (char, seconds), (next_char, next_seconds) in zip(bounds, bounds[1:]):
-        size = len(text[char:next_char].encode("utf-8"))
-        # A floor keeps every byte a little time: eSpeak may start two words at the same sample.
-        durations += [max(next_seconds - seconds, 0.01) / size] * size
-    return tuple(durations)
 
 
 def align_text(text: Prompt, header_tokens: int, num_frames: int, durations: Sequence[float] | None = None) -> Prompt:
@@ -270,13 +298,13 @@ def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | 
     layout = TextLayout.of(config)
     rows = []
     for segment in encode_segments(segments, loaded.codec):
-        text_ids = tokenize_text(tokenizer, segment.speaker, segment.text, layout.phonemes)
+        text_ids = tokenize_text(tokenizer, segment.speaker, segment.text, layout)
         header = header_length(tokenizer, segment.speaker)
         codes = segment.codes
         if codes is not None:
             if codes.shape[0] != config.num_codebooks:
                 raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
-        rows.append((text_ids, header, codes, word_timed_durations(segment.text) if layout.timed else None))
+        rows.append((text_ids, header, codes, spoken_text(segment.text, layout)[1]))
     if frames_per_token is None and layout.aligned:
         rate = speaking_rate([(len(t) - h - 1, c.shape[1]) for t, h, c, _ in rows if c is not None])
         frames_per_token = rate or layout.frames_per_token

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tokentts.errors import TokenttsError
-from tokentts.model.prompt import Prompt, TextLayout, header_length, segment_frames, tokenize_text, word_timed_durations
+from tokentts.model.prompt import Prompt, TextLayout, header_length, segment_frames, spoken_text, tokenize_text
 from tokentts.training.data import EncodedClip
 
 IGNORE = -100  # label value the loss skips
@@ -61,12 +61,12 @@ def tokenize_clips(clips: list[EncodedClip], tokenizer: Any, max_text_tokens: in
     dropped: Counter = Counter()
     for clip in clips:
         try:
-            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text, layout.phonemes)
+            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text, layout)
         except TokenttsError:
             dropped["text the tokenizer cannot encode"] += 1
             continue
         item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes, header_length(tokenizer, clip.speaker),
-                            word_timed_durations(clip.text) if layout.timed else None)
+                            spoken_text(clip.text, layout)[1])
         if len(text_ids) > max_text_tokens:
             dropped[f"text over {max_text_tokens} tokens"] += 1
         elif item.num_positions > max_positions:

@@ -48,7 +48,6 @@ from tokentts.model.prompt import (
     TEXT_FRONTEND_KEY,
     TEXT_POSITIONS,
     TEXT_POSITIONS_KEY,
-    TIMED,
 )
 from tokentts.model.tiny import CSM_CHAT_TEMPLATE, small_csm_config, tiny_mimi_config, tiny_tokenizer
 from tokentts.training.config import FinetuneConfig
@@ -119,8 +118,6 @@ class PretrainConfig(FinetuneConfig):
             raise ValueError(f"text_frontend must be {CHARACTERS} or {ESPEAK_IPA}")
         if self.text_positions not in TEXT_POSITIONS:
             raise ValueError(f"text_positions must be one of {', '.join(TEXT_POSITIONS)}")
-        if self.text_positions == TIMED and self.text_frontend != CHARACTERS:
-            raise ValueError(f"the {TIMED} text positions need the {CHARACTERS} text front end")
         if self.hidden_size % self.num_heads or self.depth_hidden_size % self.depth_heads:
             raise ValueError("hidden_size and depth_hidden_size must be multiples of their head counts")
 
