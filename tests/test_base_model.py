@@ -103,7 +103,12 @@ def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp
         embedded.default_model()
 
 
-def test_cli_refuses_a_zero_step_recipe(tmp_path, capsys):
-    assert main(["build-base", "--work", str(tmp_path / "w"), "--steps", "0"]) == 2
-    assert "at least 1" in capsys.readouterr().err
+@pytest.mark.parametrize("flags, message", [(["--steps", "0"], "at least 1"),
+                                             (["--text-positions", "diagonal"], "text_positions one of"),
+                                             (["--context-speaker-swap", "1.5"], "must be in \\[0, 1\\]")])
+def test_cli_refuses_a_bad_recipe_before_any_stage(tmp_path, capsys, flags, message):
+    import re
+
+    assert main(["build-base", "--work", str(tmp_path / "w"), *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "w").exists()

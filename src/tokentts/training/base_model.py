@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tokentts.config import add_config_arguments, config_from_args, write_config, write_json_atomic
+from tokentts.model.prompt import CHARACTERS, ESPEAK_IPA, TEXT_POSITIONS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class BaseModelConfig:
     clips_per_speaker: int = field(default=80, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
-    text_frontend: str = field(default="characters", metadata={"help": "what the model reads: characters or espeak-ipa"})
+    text_frontend: str = field(default=CHARACTERS, metadata={"help": "what the model reads: characters or espeak-ipa"})
     text_positions: str = field(default="timed", metadata={"help": "text positions: timed, aligned or sequential "
                                                                    "(see tokentts pretrain --help)"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
@@ -69,6 +70,12 @@ class BaseModelConfig:
         if min(self.speakers, self.steps, self.eval_sentences, self.samples_per_sentence) < 1 or self.continue_steps < 0:
             raise ValueError("speakers, steps, eval_sentences and samples_per_sentence must be at least 1 "
                              "(continue_steps at least 0)")
+        # Settings the pretraining stage checks too, checked here so a bad one fails before hours of corpus and codec.
+        if self.text_frontend not in (CHARACTERS, ESPEAK_IPA) or self.text_positions not in TEXT_POSITIONS:
+            raise ValueError(f"text_frontend must be {CHARACTERS} or {ESPEAK_IPA}, text_positions one of "
+                             f"{', '.join(TEXT_POSITIONS)}")
+        if not 0 <= self.context_probability <= 1 or not 0 <= self.context_speaker_swap <= 1:
+            raise ValueError("context_probability and context_speaker_swap must be in [0, 1]")
 
 
 def _stage_done(path: Path, marker: str) -> bool:
