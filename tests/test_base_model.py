@@ -19,7 +19,8 @@ from tokentts.model.prompt import TextLayout
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
 
 TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
-           steps=6, continue_steps=3, batch_size=4, hidden_size=64, num_layers=2,
+           steps=6, continue_steps=3, batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
+           hidden_size=64, num_layers=2,
            depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
 
 
@@ -40,6 +41,9 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     timings = json.loads((work / "timings.json").read_text())
     assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "continue", "evaluate", "package"}
     assert json.loads((work / "model-continued" / "metrics.json").read_text())["steps"] == 3
+    pretrained = json.loads((work / "model" / "finetune_config.json").read_text())
+    assert (pretrained["context_speaker_swap"], pretrained["input_code_noise"], pretrained["text_positions"]) == (
+        0.5, 0.3, "timed")
     report = json.loads((work / "evaluation" / "report.json").read_text())
     assert [c["name"] for c in report["conditions"]] == ["recordings", "base", "base + clone"]
     assert report["sentences"] == held_out_sentences(config)[1:]

@@ -190,6 +190,17 @@ def test_examples_match_transformers_layout_and_label_the_end_frame(work):
     assert torch.equal(swapped["tokens"][swapped["mask"][:, :-1].any(-1), :-1], example["tokens"][audio_rows, :-1])
     assert torch.equal(swapped["labels"][-clips[1].codes.shape[1] - 1:, 0], example["labels"][first_target:, 0])
 
+    # Input code noise: the model reads random fine codes in audio frames, and learns the true ones.
+    noisy = CsmTrainingDataset(clips, depth_frame_fraction=0.25, context_probability=1.0, input_code_noise=0.5,
+                               codebook_size=2048, **ids)[1]
+    assert torch.equal(noisy["labels"], example["labels"]) and torch.equal(noisy["tokens"][:, [0, -1]],
+                                                                            example["tokens"][:, [0, -1]])
+    audio_frames = example["tokens"][:, -1] == lm.model.config.audio_token_id
+    changed = (noisy["tokens"][:, 1:-1] != example["tokens"][:, 1:-1])
+    assert 0.4 < changed[audio_frames].float().mean() < 0.6 and not changed[~audio_frames].any()
+    with pytest.raises(ValueError, match="codebook_size"):
+        CsmTrainingDataset(clips, depth_frame_fraction=1.0, input_code_noise=0.5, **ids)
+
 
 def test_length_grouped_batches_are_seeded_and_pad_little(work):
     lengths = list(range(10, 74))

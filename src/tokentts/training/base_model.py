@@ -46,16 +46,18 @@ class BaseModelConfig:
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
     text_frontend: str = field(default=CHARACTERS, metadata={"help": "what the model reads: characters or espeak-ipa"})
-    text_positions: str = field(default="timed", metadata={"help": "text positions: timed, aligned or sequential "
-                                                                   "(see tokentts pretrain --help)"})
+    text_positions: str = field(default="aligned", metadata={"help": "text positions: aligned, timed or sequential "
+                                                                     "(see tokentts pretrain --help)"})
     steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
     continue_steps: int = field(default=1000, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
     continue_learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
     context_probability: float = field(default=0.3, metadata={"help": "share of examples with a voice context"})
-    context_speaker_swap: float = field(default=0.5, metadata={"help": "share of those under another speaker's id "
+    context_speaker_swap: float = field(default=0.0, metadata={"help": "share of those under another speaker's id "
                                                                         "(teaches cloning from the context)"})
+    input_code_noise: float = field(default=0.0, metadata={"help": "share of the input's fine codes made random "
+                                                                    "(see tokentts finetune --help)"})
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     num_layers: int = field(default=6, metadata={"help": "backbone layers"})
@@ -74,8 +76,8 @@ class BaseModelConfig:
         if self.text_frontend not in (CHARACTERS, ESPEAK_IPA) or self.text_positions not in TEXT_POSITIONS:
             raise ValueError(f"text_frontend must be {CHARACTERS} or {ESPEAK_IPA}, text_positions one of "
                              f"{', '.join(TEXT_POSITIONS)}")
-        if not 0 <= self.context_probability <= 1 or not 0 <= self.context_speaker_swap <= 1:
-            raise ValueError("context_probability and context_speaker_swap must be in [0, 1]")
+        if not all(0 <= x <= 1 for x in (self.context_probability, self.context_speaker_swap, self.input_code_noise)):
+            raise ValueError("context_probability, context_speaker_swap and input_code_noise must be in [0, 1]")
 
 
 def _stage_done(path: Path, marker: str) -> bool:
@@ -137,7 +139,7 @@ def build_base_model(config: BaseModelConfig) -> Path:
         cache_dir=work / "cache", eval_fraction=0.0, batch_size=config.batch_size, grad_accum=1,
         max_steps=config.steps, learning_rate=config.learning_rate, warmup=60, scheduler="cosine",
         depth_frame_fraction=0.5, context_probability=config.context_probability,
-        context_speaker_swap=config.context_speaker_swap, logging_steps=10, save_steps=200, save_total_limit=2,
+        context_speaker_swap=config.context_speaker_swap, input_code_noise=config.input_code_noise, logging_steps=10, save_steps=200, save_total_limit=2,
         hidden_size=config.hidden_size, num_layers=config.num_layers, depth_hidden_size=config.depth_hidden_size,
         depth_layers=config.depth_layers, text_frontend=config.text_frontend,
         text_positions=config.text_positions, device=config.device, seed=config.seed,

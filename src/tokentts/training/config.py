@@ -50,6 +50,12 @@ class FinetuneConfig:
         default=0.0,
         metadata={"help": "chance that another clip of the same speaker is put before the target (teaches cloning)"},
     )
+    input_code_noise: float = field(
+        default=0.0,
+        metadata={"help": "share of codebook 1..K-1 codes of the audio frames the model *reads* replaced by random "
+                          "codes (labels unchanged): the backbone then leans less on fine codes, which the depth "
+                          "decoder only samples at generation time (small models)"},
+    )
     context_speaker_swap: float = field(
         default=0.0,
         metadata={"help": "share of examples with a context in which both clips get another speaker's id, so "
@@ -144,8 +150,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if not 0 < self.depth_frame_fraction <= 1:
             raise ValueError("depth_frame_fraction must be in (0, 1]")
-        if not 0 <= self.context_probability <= 1 or not 0 <= self.context_speaker_swap <= 1:
-            raise ValueError("context_probability and context_speaker_swap must be in [0, 1]")
+        if not all(0 <= x <= 1 for x in (self.context_probability, self.context_speaker_swap, self.input_code_noise)):
+            raise ValueError("context_probability, context_speaker_swap and input_code_noise must be in [0, 1]")
         if not 0 <= self.eval_fraction < 1:
             raise ValueError("eval_fraction must be in [0, 1)")
         if self.max_text_tokens < 3 or self.max_audio_seconds <= 0:

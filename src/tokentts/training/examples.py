@@ -82,9 +82,14 @@ class CsmTrainingDataset(Dataset):
     def __init__(self, clips: list[TrainingClip], *, audio_token_id: int, audio_eos_token_id: int,
                  depth_frame_fraction: float, context_probability: float = 0.0, context_speaker_swap: float = 0.0,
                  context_pool: list[TrainingClip] | None = None, max_positions: int = 2048, seed: int = 0,
-                 aligned: bool = False):
-        """`aligned`: the model's text layout (`tokentts.model.prompt.TextLayout`)."""
+                 aligned: bool = False, input_code_noise: float = 0.0, codebook_size: int = 0):
+        """`aligned`: the model's text layout (`tokentts.model.prompt.TextLayout`); `input_code_noise`:
+        share of the input's codebook 1..K-1 codes replaced by random codes below `codebook_size`."""
+        if input_code_noise and codebook_size < 1:
+            raise ValueError("input_code_noise needs the codebook_size")
         self.clips = clips
+        self.input_code_noise = input_code_noise
+        self.codebook_size = codebook_size
         self.context_speaker_swap = context_speaker_swap
         self.aligned = aligned
         self.audio_token_id = audio_token_id
@@ -150,7 +155,16 @@ class CsmTrainingDataset(Dataset):
         num_depth = math.ceil(self.depth_frame_fraction * num_audio)
         skipped = rng.permutation(num_audio)[num_depth:]
         labels[first_audio + torch.from_numpy(skipped), 1:] = IGNORE
-        return {"tokens": prompt.tokens, "mask": prompt.mask, "labels": labels, "position_ids": prompt.positions}
+        tokens = prompt.tokens
+        if self.input_code_noise:
+            # The model reads noisy fine codes (as the depth decoder's samples are at generation time)
+            # and still predicts the true ones: labels were taken above.
+            fine = tokens[:, 1:-1]
+            audio = prompt.mask[:, 1:-1] & (tokens[:, -1:] != self.audio_eos_token_id)  # end-of-audio frames stay 0
+            noisy = torch.from_numpy(rng.random(fine.shape) < self.input_code_noise) & audio
+            random_codes = torch.from_numpy(rng.integers(0, self.codebook_size, fine.shape))
+            tokens = torch.cat([tokens[:, :1], torch.where(noisy, random_codes, fine), tokens[:, -1:]], dim=1)
+        return {"tokens": tokens, "mask": prompt.mask, "labels": labels, "position_ids": prompt.positions}
 
 
 def collate_frames(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

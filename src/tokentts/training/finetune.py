@@ -163,8 +163,8 @@ def _drop_report(dropped: Counter) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in dropped.most_common())
 
 
-def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
-                   csm_config: Any) -> tuple[CsmTrainingDataset, CsmTrainingDataset | None, Counter]:
+def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any, csm_config: Any,
+                   codebook_size: int) -> tuple[CsmTrainingDataset, CsmTrainingDataset | None, Counter]:
     """Training and evaluation examples from the encoded clips, and every dropped row counted by reason."""
     layout = TextLayout.of(csm_config)
     clips, text_dropped = tokenize_clips(encoded.clips, tokenizer, cfg.max_text_tokens, csm_config.max_position_embeddings,
@@ -181,7 +181,9 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
                     context_speaker_swap=cfg.context_speaker_swap,
                     context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed,
                     aligned=layout.aligned)
-    return (CsmTrainingDataset(train_clips, **settings),
+    # Input noise only where the model learns: evaluation measures the loss on the real codes.
+    return (CsmTrainingDataset(train_clips, input_code_noise=cfg.input_code_noise, codebook_size=codebook_size,
+                               **settings),
             CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped)
 
 
@@ -204,7 +206,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     csm_config = unwrap_csm(model).config
     with state.main_process_first():
         encoded = encode_dataset(source, codec, cfg, speaker_column, state.device)
-    train_set, eval_set, dropped = build_datasets(cfg, encoded, processor.tokenizer, csm_config)
+    train_set, eval_set, dropped = build_datasets(cfg, encoded, processor.tokenizer, csm_config, codec.codebook_size)
     if train_set.aligned:
         # The voice's speaking rate, which places the text of new sentences (tokentts.model.prompt).
         rate = speaking_rate([(len(c.text_ids) - c.header_tokens - 1, c.codes.shape[1]) for c in train_set.clips])
