@@ -159,26 +159,27 @@ def synthesize_espeak(text: str, voice: EspeakVoice = EspeakVoice(), sample_rate
     return resample(wav, engine.native_rate, sample_rate)
 
 
-def espeak_word_timings(text: str, voice: EspeakVoice = EspeakVoice()) -> tuple[list[tuple[int, float]], float]:
-    """When eSpeak NG starts each word of `text`: ([(character index in `text`, seconds)], total seconds).
-    Unstressed short words may share their neighbour's start (eSpeak reports no event for them)."""
+def _timed_events(text: str, voice: EspeakVoice) -> tuple[list[tuple[SpokenEvent, float]], float]:
+    """eSpeak's events for `text` with their start in seconds, and the total seconds."""
     if not text.strip():
         raise TokenttsError("nothing to synthesize: the text is empty")
     engine = _espeak()
     wav, events = engine.synthesize(text, voice)
-    return ([(e.word_char, e.sample / engine.native_rate) for e in events if e.word_char is not None],
-            len(wav) / engine.native_rate)
+    return [(e, e.sample / engine.native_rate) for e in events], len(wav) / engine.native_rate
+
+
+def espeak_word_timings(text: str, voice: EspeakVoice = EspeakVoice()) -> tuple[list[tuple[int, float]], float]:
+    """When eSpeak NG starts each word of `text`: ([(character index in `text`, seconds)], total seconds).
+    Unstressed short words may share their neighbour's start (eSpeak reports no event for them)."""
+    events, total = _timed_events(text, voice)
+    return [(e.word_char, seconds) for e, seconds in events if e.word_char is not None], total
 
 
 def espeak_phoneme_timings(text: str, voice: EspeakVoice = EspeakVoice()) -> tuple[list[tuple[str, float]], float]:
     """What eSpeak NG says for `text`, phoneme by phoneme: ([(IPA, start in seconds)], total seconds).
     A word's start is the item " " and a pause the item "" (e.g. at a comma)."""
-    if not text.strip():
-        raise TokenttsError("nothing to synthesize: the text is empty")
-    engine = _espeak()
-    wav, events = engine.synthesize(text, voice)
-    return ([(" " if e.word_char is not None else e.phoneme, e.sample / engine.native_rate) for e in events],
-            len(wav) / engine.native_rate)
+    events, total = _timed_events(text, voice)
+    return [(" " if e.word_char is not None else e.phoneme, seconds) for e, seconds in events], total
 
 
 def espeak_phonemes(text: str, language: str = "en-us") -> str:

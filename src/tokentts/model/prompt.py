@@ -138,7 +138,11 @@ def normalize_text(text: str) -> str:
 def tokenize_text(tokenizer, speaker: str, text: str, layout: TextLayout = TextLayout()) -> list[int]:
     """`<|begin_of_text|>[speaker]text<|end_of_text|>` as token ids, the text as the model's `layout`
     reads it (`spoken_text`); rejects what the tokenizer can't encode."""
-    text = spoken_text(text, layout)[0]
+    return encode_spoken(tokenizer, speaker, spoken_text(text, layout)[0])
+
+
+def encode_spoken(tokenizer, speaker: str, text: str) -> list[int]:
+    """`tokenize_text` for a text already in the form the model reads (`spoken_text`'s first item)."""
     body = tokenizer.encode(f"[{check_speaker(speaker)}]{text}", add_special_tokens=False)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in body:
         unknown = [ch for ch in text if tokenizer.unk_token_id in tokenizer.encode(ch, add_special_tokens=False)]
@@ -298,13 +302,14 @@ def build_prompt(segments: Sequence[Segment], loaded, frames_per_token: float | 
     layout = TextLayout.of(config)
     rows = []
     for segment in encode_segments(segments, loaded.codec):
-        text_ids = tokenize_text(tokenizer, segment.speaker, segment.text, layout)
+        spoken, durations = spoken_text(segment.text, layout)
+        text_ids = encode_spoken(tokenizer, segment.speaker, spoken)
         header = header_length(tokenizer, segment.speaker)
         codes = segment.codes
         if codes is not None:
             if codes.shape[0] != config.num_codebooks:
                 raise TokenttsError(f"segment codes have {codes.shape[0]} codebooks, the model uses {config.num_codebooks}")
-        rows.append((text_ids, header, codes, spoken_text(segment.text, layout)[1]))
+        rows.append((text_ids, header, codes, durations))
     if frames_per_token is None and layout.aligned:
         rate = speaking_rate([(len(t) - h - 1, c.shape[1]) for t, h, c, _ in rows if c is not None])
         frames_per_token = rate or layout.frames_per_token

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from tokentts.errors import TokenttsError
-from tokentts.model.prompt import Prompt, TextLayout, header_length, segment_frames, spoken_text, tokenize_text
+from tokentts.model.prompt import Prompt, TextLayout, encode_spoken, header_length, segment_frames, spoken_text
 from tokentts.training.data import EncodedClip
 
 IGNORE = -100  # label value the loss skips
@@ -61,12 +61,13 @@ def tokenize_clips(clips: list[EncodedClip], tokenizer: Any, max_text_tokens: in
     dropped: Counter = Counter()
     for clip in clips:
         try:
-            text_ids = tokenize_text(tokenizer, clip.speaker, clip.text, layout)
+            spoken, durations = spoken_text(clip.text, layout)
+            text_ids = encode_spoken(tokenizer, clip.speaker, spoken)
         except TokenttsError:
             dropped["text the tokenizer cannot encode"] += 1
             continue
         item = TrainingClip(clip.row, clip.speaker, text_ids, clip.codes, header_length(tokenizer, clip.speaker),
-                            spoken_text(clip.text, layout)[1])
+                            durations)
         if len(text_ids) > max_text_tokens:
             dropped[f"text over {max_text_tokens} tokens"] += 1
         elif item.num_positions > max_positions:
