@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from tokentts.cli import main
 from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
+from tokentts.generation.engine import model_sampling
 from tokentts.model import Segment, build_prompt, embed_prompt, embedded, load_model
 from tokentts.model.prompt import TextLayout
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
@@ -21,7 +22,8 @@ from tokentts.training.base_model import BaseModelConfig, build_base_model, held
 TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
            steps=6, continue_steps=3, batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
            hidden_size=64, num_layers=2,
-           depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1)
+           depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1, temperature=0.7,
+           depth_temperature=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,9 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert (pretrained["context_speaker_swap"], pretrained["input_code_noise"], pretrained["text_positions"]) == (
         0.5, 0.3, "timed")
     report = json.loads((work / "evaluation" / "report.json").read_text())
+    # the recipe's sampling is the model's default, and the evaluation ran with it
+    assert model_sampling(load_model(work / "model-continued").model) == {"temperature": 0.7, "depth_temperature": 0.2}
+    assert (report["config"]["temperature"], report["config"]["depth_temperature"]) == (0.7, 0.2)
     assert [c["name"] for c in report["conditions"]] == ["recordings", "base", "base + clone"]
     assert report["sentences"] == held_out_sentences(config)[1:]
     # eSpeak's recordings are what the ASR model hears nearly right; a 6-step model is not.
@@ -54,6 +59,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "*timed* layout" in card
     assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
+    assert "temperature 0.7 for codebook 0 and 0.2 for the depth decoder" in card and "train-codec`, 0.05 min" in card
 
 
 def test_held_out_sentences_are_in_neither_corpus(recipe):
@@ -101,6 +107,21 @@ def test_a_second_run_skips_finished_stages_and_install_writes_the_embedded_fold
     assert load_model(embedded.default_model(), device="cpu").model.config.num_codebooks == 8
 
 
+def test_a_trained_codec_is_reused_and_still_reported(recipe, tmp_path):
+    config, _ = recipe
+    codec = config.work / "codec-run" / "codec"
+    work = tmp_path / "reuse"
+    packaged = build_base_model(BaseModelConfig(work=work, codec=codec, **{**TOY, "continue_steps": 0}))
+    assert set(json.loads((work / "timings.json").read_text())) == {
+        "codec-corpus", "corpus", "codec-report", "pretrain", "evaluate", "package"}
+    report = json.loads((work / "codec-run" / "report.json").read_text())
+    assert report["training"] == {"reused": str(codec)} and report["intelligibility"]["clips"] == 2
+    assert not (work / "codec-run" / "codec").exists()
+    # the model carries the reused codec's weights
+    assert (packaged / "codec" / "model.safetensors").is_file()
+    assert "reused from an earlier build" in (packaged / "README.md").read_text()
+
+
 def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(embedded, "EMBEDDED_MODEL_DIR", tmp_path / "none")
     with pytest.raises(TokenttsError, match="pass --model .* build-base --install"):
@@ -109,7 +130,9 @@ def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp
 
 @pytest.mark.parametrize("flags, message", [(["--steps", "0"], "at least 1"),
                                              (["--text-positions", "diagonal"], "text_positions one of"),
-                                             (["--context-speaker-swap", "1.5"], "must be in \\[0, 1\\]")])
+                                             (["--context-speaker-swap", "1.5"], "must be in \\[0, 1\\]"),
+                                             (["--codec", "/no/codec"], "not a codec folder"),
+                                             (["--depth-temperature", "0"], "must be > 0")])
 def test_cli_refuses_a_bad_recipe_before_any_stage(tmp_path, capsys, flags, message):
     import re
 

@@ -10,7 +10,7 @@ import torch
 from tokentts.cli import main
 from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
-from tokentts.generation.engine import Int8Weight, sample_codes
+from tokentts.generation.engine import Int8Weight, model_sampling, sample_codes, write_model_sampling
 from tokentts.generation.text import split_sentences
 from tokentts.model import Segment, load_model
 
@@ -101,6 +101,38 @@ def test_sample_codes_warpers():
     assert nucleus == {2}  # the best code alone holds more than 30 % of the mass
     spread = {sample_codes(logits, 100.0, 0, 1.0, False, rng).item() for _ in range(300)}
     assert spread == {0, 1, 2, 3, 4}
+
+
+def test_model_generation_config_sets_the_default_sampling(tiny_dir, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_dir, model_dir)
+    # top-k 1 in both decoders: the model's default sampling becomes greedy decoding
+    write_model_sampling(model_dir, {"temperature": 0.5, "top_k": 1, "depth_temperature": 0.5, "depth_top_k": 1})
+    loaded = load_model(model_dir)
+    assert model_sampling(loaded.model) == {"temperature": 0.5, "top_k": 1, "depth_temperature": 0.5, "depth_top_k": 1}
+    generator = Generator(loaded)
+    greedy = generator.generate("Defaults.", sampling=SamplingConfig(max_seconds=1.0, **GREEDY)).codes
+    unset = generator.generate("Defaults.", sampling=SamplingConfig(seed=1, max_seconds=1.0, runaway_seconds=0)).codes
+    assert torch.equal(unset, greedy)
+    # flags override the model: the built-in top-k 50 samples something else
+    overridden = SamplingConfig(seed=1, top_k=50, depth_top_k=50, temperature=0.9, max_seconds=1.0, runaway_seconds=0)
+    assert not torch.equal(generator.generate("Defaults.", sampling=overridden).codes, greedy)
+
+    # saving the model keeps them (transformers moves the depth_decoder_* keys and back)
+    loaded.model.save_pretrained(tmp_path / "saved")
+    from transformers import CsmForConditionalGeneration
+
+    assert model_sampling(CsmForConditionalGeneration.from_pretrained(tmp_path / "saved"))["depth_top_k"] == 1
+
+    # `generate` records the sampling it ran with: the model's, or the flag's
+    for flags, temperature in (([], 0.5), (["--temperature", "0.7"], 0.7)):
+        out = tmp_path / f"o{temperature}.wav"
+        assert main(["generate", "--model", str(model_dir), "--text", "Hi.", "--max-seconds", "0.2",
+                     "--out", str(out), *flags]) == 0
+        recorded = json.loads(out.with_suffix(".config.json").read_text())
+        assert (recorded["temperature"], recorded["top_k"], recorded["depth_top_p"]) == (temperature, 1, 1.0)
 
 
 def test_stops_at_end_frame_and_on_runaway(tiny_dir):

@@ -19,6 +19,7 @@ paired samples and a run repeats exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -84,8 +85,11 @@ class EvaluateConfig:
     samples_per_sentence: int = field(default=3, metadata={"help": "samples generated per sentence and condition"})
     seed: int = field(default=0, metadata={"help": "base seed; sample j of sentence i uses seed + 1000*i + j"})
     speaker: str = field(default="0", metadata={"help": "CSM speaker id for the reference and the generated speech"})
-    temperature: float = field(default=0.9, metadata={"help": "sampling temperature"})
-    top_k: int = field(default=50, metadata={"help": "top-k sampling"})
+    temperature: float | None = field(default=None, metadata={
+        "help": "backbone sampling temperature (default: the model's generation_config.json, else 0.9)"})
+    top_k: int | None = field(default=None, metadata={"help": "backbone top-k (default: the model's, else 50)"})
+    depth_temperature: float | None = field(default=None, metadata={
+        "help": "depth-decoder sampling temperature (default: the model's, else 0.9)"})
     max_seconds: float = field(default=20.0, metadata={"help": "longest sample; hitting it counts as a runaway"})
     max_reference_seconds: float = field(default=15.0, metadata={"help": "longer reference clips are trimmed"})
     asr_model: str = field(
@@ -342,6 +346,12 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], None] | None
     for adapter in dict.fromkeys(c.adapter for c in conditions):
         loaded = load_model(config.model, adapter=adapter, device=config.device, dtype=config.dtype)
         generator = Generator(loaded)
+        sampling = SamplingConfig(temperature=config.temperature, top_k=config.top_k,
+                                  depth_temperature=config.depth_temperature,
+                                  max_seconds=config.max_seconds).resolved(generator.model_sampling)
+        # The report records the sampling used (an adapter keeps its base model's defaults).
+        config = dataclasses.replace(config, temperature=sampling.temperature, top_k=sampling.top_k,
+                                     depth_temperature=sampling.depth_temperature)
         for condition in (c for c in conditions if c.adapter == adapter):
             log.info("evaluating %s", condition.name)
             context = [reference] if condition.cloned else []
@@ -349,9 +359,8 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], None] | None
             for i, text in enumerate(sentences):
                 for j in range(config.samples_per_sentence):
                     seed = sample_seed(config, i, j)
-                    sampling = SamplingConfig(temperature=config.temperature, top_k=config.top_k,
-                                              max_seconds=config.max_seconds, seed=seed)
-                    generated = generator.generate(text, speaker=config.speaker, context=context, sampling=sampling)
+                    generated = generator.generate(text, speaker=config.speaker, context=context,
+                                                   sampling=dataclasses.replace(sampling, seed=seed))
                     samples.append(_score_sample(scorer, generated.audio, generated, i, j, seed, text, reference_wpm,
                                                  config))
                     done += 1

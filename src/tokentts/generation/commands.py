@@ -14,7 +14,7 @@ import numpy as np
 
 from tokentts.config import add_config_arguments, config_from_args, write_config
 from tokentts.errors import TokenttsError
-from tokentts.generation.engine import SamplingConfig
+from tokentts.generation.engine import BUILT_IN_SAMPLING, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         for segment in context:
             segment.audio = resample(segment.audio, SAMPLE_RATE, loaded.codec.sample_rate)
     generator = Generator(loaded, quantize=config.quantize)
+    sampling = sampling.resolved(generator.model_sampling)
+    config = dataclasses.replace(config, **{name: getattr(sampling, name) for name in BUILT_IN_SAMPLING})  # as run
     start = time.perf_counter()
     if config.stream:
         chunks = []

@@ -22,17 +22,21 @@ fused), so greedy decoding gives the same codes as
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tokentts.codecs.base import StreamingDecoder
+from tokentts.config import write_json_atomic
 from tokentts.errors import TokenttsError
 from tokentts.generation.text import split_sentences
 from tokentts.model.loading import LoadedModel
@@ -41,14 +45,35 @@ from tokentts.model.prompt import Prompt, Segment, build_prompt, embed_frames, e
 log = logging.getLogger(__name__)
 
 
+# Sampling when neither the caller nor the model sets it.
+BUILT_IN_SAMPLING = {"temperature": 0.9, "top_k": 50, "top_p": 1.0,
+                     "depth_temperature": 0.9, "depth_top_k": 50, "depth_top_p": 1.0}
+# Our names -> the keys of a model's generation_config.json (those transformers' CSM `generate` reads).
+GENERATION_CONFIG_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p",
+                          "depth_temperature": "depth_decoder_temperature", "depth_top_k": "depth_decoder_top_k",
+                          "depth_top_p": "depth_decoder_top_p"}
+
+
+def _model_default(name: str) -> str:
+    return f"default: the model's generation_config.json, else {BUILT_IN_SAMPLING[name]:g}"
+
+
 @dataclass
 class SamplingConfig:
-    temperature: float = field(default=0.9, metadata={"help": "backbone (codebook 0) sampling temperature"})
-    top_k: int = field(default=50, metadata={"help": "backbone top-k (0 = off)"})
-    top_p: float = field(default=1.0, metadata={"help": "backbone nucleus sampling threshold (1 = off)"})
-    depth_temperature: float = field(default=0.9, metadata={"help": "depth decoder (codebooks 1..K-1) temperature"})
-    depth_top_k: int = field(default=50, metadata={"help": "depth decoder top-k (0 = off)"})
-    depth_top_p: float = field(default=1.0, metadata={"help": "depth decoder nucleus threshold (1 = off)"})
+    """How codes are drawn. Unset (None) values come from the model's generation_config.json, so
+    a model ships the sampling it was evaluated with; then from BUILT_IN_SAMPLING."""
+
+    temperature: float | None = field(default=None, metadata={
+        "help": f"backbone (codebook 0) sampling temperature ({_model_default('temperature')})"})
+    top_k: int | None = field(default=None, metadata={"help": f"backbone top-k, 0 = off ({_model_default('top_k')})"})
+    top_p: float | None = field(default=None, metadata={
+        "help": f"backbone nucleus sampling threshold, 1 = off ({_model_default('top_p')})"})
+    depth_temperature: float | None = field(default=None, metadata={
+        "help": f"depth decoder (codebooks 1..K-1) temperature ({_model_default('depth_temperature')})"})
+    depth_top_k: int | None = field(default=None, metadata={
+        "help": f"depth decoder top-k, 0 = off ({_model_default('depth_top_k')})"})
+    depth_top_p: float | None = field(default=None, metadata={
+        "help": f"depth decoder nucleus threshold, 1 = off ({_model_default('depth_top_p')})"})
     greedy: bool = field(default=False, metadata={"help": "always take the most likely code (deterministic)"})
     seed: int | None = field(default=None, metadata={"help": "random seed for reproducible output"})
     max_seconds: float = field(default=20.0, metadata={"help": "longest audio generated for one text chunk"})
@@ -59,15 +84,44 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         for name in ("temperature", "depth_temperature"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 (use greedy for deterministic decoding)")
         for name in ("top_p", "depth_top_p"):
-            if not 0 < getattr(self, name) <= 1:
+            if getattr(self, name) is not None and not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1]")
-        if self.top_k < 0 or self.depth_top_k < 0:
+        if min(self.top_k or 0, self.depth_top_k or 0) < 0:
             raise ValueError("top_k must be >= 0")
         if self.max_seconds <= 0:
             raise ValueError("max_seconds must be > 0")
+
+    def resolved(self, model_sampling: dict[str, float]) -> SamplingConfig:
+        """This config with every unset value taken from `model_sampling`, else the built-in one."""
+        sampling = SamplingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)})
+        for name, built_in in BUILT_IN_SAMPLING.items():
+            if getattr(sampling, name) is None:
+                setattr(sampling, name, model_sampling.get(name, built_in))
+        sampling.__post_init__()  # the model's values are checked like the caller's
+        return sampling
+
+
+def model_sampling(model: torch.nn.Module) -> dict[str, float]:
+    """The sampling values a CSM model's generation_config.json sets, by our names. transformers
+    loads its depth_decoder_* keys into the depth decoder's own generation config."""
+    written = {}
+    for prefix, config in (("", model.generation_config), ("depth_decoder_", model.depth_decoder.generation_config)):
+        written.update({prefix + key: value for key, value in config.to_diff_dict().items()})
+    return {name: written[key] for name, key in GENERATION_CONFIG_KEYS.items() if key in written}
+
+
+def write_model_sampling(model_dir: Path, sampling: dict[str, float]) -> Path:
+    """Make `sampling` (our names) the default sampling of the model folder `model_dir`."""
+    path = Path(model_dir) / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config.update({GENERATION_CONFIG_KEYS[name]: value for name, value in sampling.items()})
+    # do_sample: transformers' generate samples with them too. _from_model_config False: otherwise
+    # transformers drops the depth_decoder_* keys on load (it keeps extra keys only in written configs).
+    config.update(do_sample=True, depth_decoder_do_sample=True, _from_model_config=False)
+    return write_json_atomic(path, config)
 
 
 @dataclass
@@ -332,6 +386,7 @@ class Generator:
         self.max_positions = config.max_position_embeddings
         self.device = next(self.model.parameters()).device
         self.stream_context_frames = stream_context_frames
+        self.model_sampling = model_sampling(self.model)
         if quantize and self.device.type != "cpu":
             raise TokenttsError("int8 weights are a CPU option (use bf16 on GPUs)")
         self.backbone = _Transformer(self.model.backbone_model, self.max_positions, quantize)
@@ -374,6 +429,7 @@ class Generator:
         if not texts:
             return []
         start = time.perf_counter()
+        sampling = sampling.resolved(self.model_sampling)
         generator = self._rng(sampling.seed)
         context = self._encode_context(context)
         chunks = [split_sentences(t, self.max_chunk_chars) for t in texts]
@@ -402,6 +458,7 @@ class Generator:
                chunk_frames: int = 8) -> Iterator[np.ndarray]:
         """Yield audio chunks as frames are produced: a short first chunk for low latency, then
         `chunk_frames` frames at a time, decoded with left context so chunks join seamlessly."""
+        sampling = sampling.resolved(self.model_sampling)
         generator = self._rng(sampling.seed)
         context = self._encode_context(context)
         decoder = StreamingDecoder(self.codec, self.stream_context_frames)

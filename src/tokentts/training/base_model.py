@@ -1,9 +1,10 @@
 """`tokentts build-base`: the recipe of the embedded base model, from nothing to packaged weights.
 
-    synth-corpus (40 eSpeak voices) ─▶ train-codec ─▶ codec ┐
+    synth-corpus (40 eSpeak voices) ─▶ train-codec ─▶ codec ┐   (--codec: reuse one, report on it)
     synth-corpus (same voices, more sentences) ─────────────┴▶ pretrain (aligned CSM) ─▶ model
     model ─▶ continue training (full fine-tune, a second cosine schedule; optional) ─▶ model-continued
-    final model ─▶ evaluate on held-out sentences, against eSpeak's own recordings of them ─▶ report
+    final model ─▶ its sampling defaults (generation_config.json) ─▶ evaluate on held-out sentences,
+                   against eSpeak's own recordings of them ─▶ report
     model + report ─▶ package: float16 weights + model card (README.md) [─▶ --install into the package]
 
 Each stage writes its own folder under WORK and is skipped when that folder is complete, so a
@@ -44,6 +45,8 @@ class BaseModelConfig:
     codec_clips_per_speaker: int = field(default=50, metadata={"help": "sentences per speaker for the codec"})
     clips_per_speaker: int = field(default=80, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
+    codec: Path | None = field(default=None, metadata={"help": "a trained codec folder (train-codec's codec/) to use "
+                                                              "instead of training one; it is still reported on"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
     text_frontend: str = field(default=CHARACTERS, metadata={"help": "what the model reads: characters or espeak-ipa"})
     text_positions: str = field(default="aligned", metadata={"help": "text positions: aligned, timed or sequential "
@@ -63,6 +66,10 @@ class BaseModelConfig:
     num_layers: int = field(default=6, metadata={"help": "backbone layers"})
     depth_hidden_size: int = field(default=192, metadata={"help": "depth-decoder width"})
     depth_layers: int = field(default=2, metadata={"help": "depth-decoder layers"})
+    temperature: float = field(default=0.9, metadata={"help": "codebook-0 sampling temperature, written into the "
+                                                              "model's generation_config.json (its default)"})
+    depth_temperature: float = field(default=0.9, metadata={"help": "depth-decoder sampling temperature, written "
+                                                                    "there too"})
     eval_sentences: int = field(default=10, metadata={"help": "held-out sentences in the model card's evaluation"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per sentence and condition"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda (pretraining); the recipe runs on CPU"})
@@ -78,6 +85,10 @@ class BaseModelConfig:
                              f"{', '.join(TEXT_POSITIONS)}")
         if not all(0 <= x <= 1 for x in (self.context_probability, self.context_speaker_swap, self.input_code_noise)):
             raise ValueError("context_probability, context_speaker_swap and input_code_noise must be in [0, 1]")
+        if min(self.temperature, self.depth_temperature) <= 0:
+            raise ValueError("temperature and depth_temperature must be > 0")
+        if self.codec is not None and not (Path(self.codec) / "codec_config.json").is_file():
+            raise ValueError(f"codec {self.codec} is not a codec folder (no codec_config.json)")
 
 
 def _stage_done(path: Path, marker: str) -> bool:
@@ -113,6 +124,7 @@ def build_base_model(config: BaseModelConfig) -> Path:
     """Run (or continue) the recipe; returns the packaged model folder."""
     from tokentts.codecs.neural.train import TrainCodecConfig, train_codec
     from tokentts.data.synthetic import SyntheticCorpusConfig, write_synthetic_corpus
+    from tokentts.generation.engine import write_model_sampling
     from tokentts.training.config import FinetuneConfig
     from tokentts.training.finetune import finetune
     from tokentts.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
@@ -129,13 +141,17 @@ def build_base_model(config: BaseModelConfig) -> Path:
                 SyntheticCorpusConfig(out=work / name, speakers=config.speakers, clips_per_speaker=clips, seed=config.seed)))
 
     codec_run = work / "codec-run"
-    if not _stage_done(codec_run / "codec", "codec_config.json"):
-        timings.run("train-codec", lambda: train_codec(TrainCodecConfig(
-            corpus=work / "codec-corpus", out=codec_run, resume=codec_run.is_dir() and any(codec_run.iterdir()),
-            max_minutes=config.codec_minutes, eval_clips=config.codec_eval_clips, seed=config.seed)))
+    codec_config = TrainCodecConfig(corpus=work / "codec-corpus", out=codec_run, max_minutes=config.codec_minutes,
+                                    eval_clips=config.codec_eval_clips, seed=config.seed)
+    if config.codec is not None:
+        if not _stage_done(codec_run, "report.json"):
+            timings.run("codec-report", lambda: report_reused_codec(Path(config.codec), codec_config))
+    elif not _stage_done(codec_run / "codec", "codec_config.json"):
+        codec_config.resume = codec_run.is_dir() and any(codec_run.iterdir())
+        timings.run("train-codec", lambda: train_codec(codec_config))
 
     pretrain_config = PretrainConfig(
-        dataset=str(work / "corpus"), codec=str(codec_run / "codec"), output_dir=work / "model",
+        dataset=str(work / "corpus"), codec=str(config.codec or codec_run / "codec"), output_dir=work / "model",
         cache_dir=work / "cache", eval_fraction=0.0, batch_size=config.batch_size, grad_accum=1,
         max_steps=config.steps, learning_rate=config.learning_rate, warmup=60, scheduler="cosine",
         depth_frame_fraction=0.5, context_probability=config.context_probability,
@@ -162,10 +178,23 @@ def build_base_model(config: BaseModelConfig) -> Path:
             continued.resume = checkpoint_dir(continued).is_dir()
             timings.run("continue", lambda: finetune(continued))
 
+    # The sampling the model is evaluated with becomes its default wherever it is used.
+    write_model_sampling(final, {"temperature": config.temperature, "depth_temperature": config.depth_temperature})
     if not _stage_done(work / "evaluation", "report.json"):
         timings.run("evaluate", lambda: evaluate_base(config, final, work / "evaluation"))
 
     return timings.run("package", lambda: package(config, work, final, timings.values))
+
+
+def report_reused_codec(codec_dir: Path, codec_config) -> Path:
+    """The codec report of a codec this run did not train, on this run's held-out codec clips."""
+    from tokentts.codecs.neural.codec import load_codec_model
+    from tokentts.codecs.neural.train import load_corpus, write_codec_report
+
+    corpus = load_corpus(Path(codec_config.corpus), codec_config.eval_clips, codec_config.seed)
+    Path(codec_config.out).mkdir(parents=True, exist_ok=True)
+    return write_codec_report(load_codec_model(codec_dir).eval(), corpus, codec_config, Path(codec_config.out),
+                              {"reused": str(codec_dir)})
 
 
 def evaluate_base(config: BaseModelConfig, model_dir: Path, out: Path) -> Path:
@@ -231,6 +260,8 @@ def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: di
         f"| {name} | {_estimate(s, 'wer')} | {_estimate(s, 'similarity')} | {_estimate(s, 'runaway_rate')} | "
         f"{_estimate(s, 'duration_s')} |" for name, s in by_name.items())
     stage_times = ", ".join(f"{stage} {seconds / 60:.0f} min" for stage, seconds in timings.items())
+    codec_origin = (f"`tokentts train-codec`, {config.codec_minutes:g} min on one CPU thread" if config.codec is None
+                    else "reused from an earlier build of this recipe (`build-base --codec`), not retrained")
     verdict = "meets" if base_wer - recorded_wer <= WER_MARGIN else "does NOT meet"
     continued_line = (f"\n- Then {continued['steps']} more steps on the same corpus (`finetune --method full`), peak "
                       f"learning rate {config.continue_learning_rate:g}, cosine; mean train loss "
@@ -258,6 +289,8 @@ production voice: it speaks the vocabulary of its training sentences best.
   each segment's text is spread over the RoPE positions of the audio it speaks{spread}, at
   {model_config.get('tokentts_frames_per_token', 0):.2f} frames per byte when no voice context sets the rate.
   Load it with tokentts (`tokentts.model.load_model`), whose prompts and generation loop apply that layout.
+- Sampling: temperature {config.temperature:g} for codebook 0 and {config.depth_temperature:g} for the depth decoder,
+  top-k 50, set in `generation_config.json`: the default of `generate`, `serve` and `evaluate` (flags override it).
 
 ## Data
 - {config.speakers} eSpeak NG speakers (accents x voice variants, pitch, pitch range, base rate), each
@@ -266,7 +299,7 @@ production voice: it speaks the vocabulary of its training sentences best.
   of the same speakers.
 
 ## Training
-- Codec: `tokentts train-codec`, {config.codec_minutes:g} min on one CPU thread; held-out reconstruction WER
+- Codec: {codec_origin}; held-out reconstruction WER
   {intelligibility.get('wer_reconstructed', float('nan')):.3f} vs {intelligibility.get('wer_original', float('nan')):.3f} for the originals
   ({intelligibility.get('asr', 'n/a')}).
 - Model: `tokentts pretrain`, {metrics['steps']} steps of {config.batch_size} clips, AdamW, peak learning rate

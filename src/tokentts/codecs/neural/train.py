@@ -239,10 +239,17 @@ def train_codec(config: TrainCodecConfig) -> Path:
                 save_checkpoint(out, model, optimizer, state)
     save_checkpoint(out, model, optimizer, state)
     codec_dir = save_codec_model(model.eval(), out / CODEC_SUBDIR)
+    training = {"steps": state.step, "minutes": round(state.seconds / 60, 2), "threads": config.threads}
+    write_codec_report(model, corpus, config, out, training)
+    return codec_dir
+
+
+def write_codec_report(model: CodecModel, corpus: CorpusSplit, config: TrainCodecConfig, out: Path,
+                       training: dict) -> Path:
+    """OUT/report.json (and OUT/samples/) for a codec on a corpus's held-out clips."""
     report = build_report(
-        NeuralCodec(model), loss_fn, corpus.held_out, corpus.held_out_texts,
+        NeuralCodec(model), SpectralLoss(model.front_end), corpus.held_out, corpus.held_out_texts,
         corpus.train[: config.usage_clips], out / "samples", config.asr_model,
     )
-    report["training"] = {"steps": state.step, "minutes": round(state.seconds / 60, 2), "threads": config.threads}
-    write_json_atomic(out / "report.json", report)
-    return codec_dir
+    report["training"] = training
+    return write_json_atomic(out / "report.json", report)
