@@ -43,6 +43,8 @@ class DemoConfig:
     max_steps: int = field(default=120, metadata={"help": "LoRA fine-tuning steps"})
     codec_decoder_steps: int = field(default=400, metadata={"help": "steps adapting the embedded codec's decoder to the "
                                                                     "target voice (0 = off)"})
+    input_code_noise: float = field(default=0.4, metadata={"help": "share of fine codes made random in the LoRA "
+                                                                    "fine-tune's input, as the embedded base was trained"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
     seed: int = field(default=0, metadata={"help": "seed for the script, training and sampling"})
     overwrite: bool = field(default=True, metadata={"help": "replace an earlier demo folder"})
@@ -127,6 +129,7 @@ def run_demo(config: DemoConfig) -> Path:
                                     batch_size=2, grad_accum=1, learning_rate=2e-3, eval_fraction=0.1, seed=config.seed,
                                     logging_steps=20, eval_steps=max(config.max_steps // 2, 1), save_steps=config.max_steps,
                                     codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
+                                    input_code_noise=config.input_code_noise,
                                     overwrite=True))
     _done(started, f"adapter in {tuned.output_dir}")
 

@@ -1,7 +1,7 @@
 """`tokentts build-base`: the recipe of the embedded base model, from nothing to packaged weights.
 
     synth-corpus (40 eSpeak voices) ─▶ train-codec ─▶ codec ┐   (--codec: reuse one, report on it)
-    synth-corpus (same voices, more sentences) ─────────────┴▶ pretrain (aligned CSM) ─▶ model
+    synth-corpus (same voices, more sentences) ─────────────┴▶ pretrain (timed CSM) ─▶ model
     model ─▶ continue training (full fine-tune, a second cosine schedule; optional) ─▶ model-continued
     final model ─▶ its sampling defaults (generation_config.json) ─▶ evaluate on held-out sentences,
                    against eSpeak's own recordings of them ─▶ report
@@ -43,32 +43,32 @@ class BaseModelConfig:
                                                            "(tokentts/model/embedded), where commands find it"})
     speakers: int = field(default=40, metadata={"help": "eSpeak speakers (accent, variant, pitch, rate)"})
     codec_clips_per_speaker: int = field(default=50, metadata={"help": "sentences per speaker for the codec"})
-    clips_per_speaker: int = field(default=80, metadata={"help": "sentences per speaker for the model"})
+    clips_per_speaker: int = field(default=200, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
     codec: Path | None = field(default=None, metadata={"help": "a trained codec folder (train-codec's codec/) to use "
                                                               "instead of training one; it is still reported on"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
     text_frontend: str = field(default=CHARACTERS, metadata={"help": "what the model reads: characters or espeak-ipa"})
-    text_positions: str = field(default="aligned", metadata={"help": "text positions: aligned, timed or sequential "
+    text_positions: str = field(default="timed", metadata={"help": "text positions: aligned, timed or sequential "
                                                                      "(see tokentts pretrain --help)"})
-    steps: int = field(default=1300, metadata={"help": "pretraining optimizer steps"})
-    continue_steps: int = field(default=1000, metadata={"help": "steps of a second training phase on the same "
+    steps: int = field(default=1200, metadata={"help": "pretraining optimizer steps"})
+    continue_steps: int = field(default=300, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
-    continue_learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate of that phase"})
+    continue_learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
-    context_probability: float = field(default=0.3, metadata={"help": "share of examples with a voice context"})
-    context_speaker_swap: float = field(default=0.0, metadata={"help": "share of those under another speaker's id "
+    context_probability: float = field(default=0.5, metadata={"help": "share of examples with a voice context"})
+    context_speaker_swap: float = field(default=0.5, metadata={"help": "share of those under another speaker's id "
                                                                         "(teaches cloning from the context)"})
-    input_code_noise: float = field(default=0.0, metadata={"help": "share of the input's fine codes made random "
+    input_code_noise: float = field(default=0.4, metadata={"help": "share of the input's fine codes made random "
                                                                     "(see tokentts finetune --help)"})
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     num_layers: int = field(default=6, metadata={"help": "backbone layers"})
     depth_hidden_size: int = field(default=192, metadata={"help": "depth-decoder width"})
     depth_layers: int = field(default=2, metadata={"help": "depth-decoder layers"})
-    temperature: float = field(default=0.9, metadata={"help": "codebook-0 sampling temperature, written into the "
+    temperature: float = field(default=0.6, metadata={"help": "codebook-0 sampling temperature, written into the "
                                                               "model's generation_config.json (its default)"})
-    depth_temperature: float = field(default=0.9, metadata={"help": "depth-decoder sampling temperature, written "
+    depth_temperature: float = field(default=0.1, metadata={"help": "depth-decoder sampling temperature, written "
                                                                     "there too"})
     eval_sentences: int = field(default=10, metadata={"help": "held-out sentences in the model card's evaluation"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per sentence and condition"})
