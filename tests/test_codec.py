@@ -44,11 +44,12 @@ def test_codec_follows_the_protocol_with_the_promised_shapes():
     assert codes.dtype == torch.long and codes.shape == (8, -(-len(long) // 960))
     assert 0 <= int(codes.min()) and int(codes.max()) < 32
     # Batched encoding masks the padding: each clip gets the codes it gets alone. (Not always bit for
-    # bit: batched matmuls round differently, and eSpeak's jitter now and then puts a latent on a
-    # near-tie between two codes; unmasked padding would change whole frames.)
+    # bit: batched matmuls round differently, and now and then a latent sits on a near-tie between two
+    # codes, which changes that frame's later codebooks too: one frame. Unmasked padding changes 3 of
+    # the short clip's 10 frames.)
     batch = codec.encode_batch([short, long])
     for batched, alone in ((batch[0], codec.encode(short)), (batch[1], codes)):
-        assert batched.shape == alone.shape and (batched == alone).float().mean() >= 0.98
+        assert batched.shape == alone.shape and (batched != alone).any(dim=0).sum() <= 1
     audio = codec.decode(codes)
     assert audio.dtype == np.float32 and audio.shape == (codes.shape[1] * 960,)
     assert codec.decode(codes[:1]).shape == audio.shape  # codebook 0 alone decodes too

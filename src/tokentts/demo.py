@@ -41,6 +41,7 @@ class DemoConfig:
     test_sentences: int = field(default=8, metadata={"help": "held-out sentences to evaluate on"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per test sentence and condition"})
     max_steps: int = field(default=120, metadata={"help": "LoRA fine-tuning steps"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "LoRA fine-tuning peak learning rate"})
     codec_decoder_steps: int = field(default=400, metadata={"help": "steps adapting the embedded codec's decoder to the "
                                                                     "target voice (0 = off)"})
     input_code_noise: float = field(default=0.4, metadata={"help": "share of fine codes made random in the LoRA "
@@ -126,7 +127,7 @@ def run_demo(config: DemoConfig) -> Path:
 
     started = _stage(4, f"LoRA fine-tuning, {config.max_steps} steps")
     tuned = finetune(FinetuneConfig(dataset=str(prepared.out), model=base, output_dir=out / "adapter", max_steps=config.max_steps,
-                                    batch_size=2, grad_accum=1, learning_rate=2e-3, eval_fraction=0.1, seed=config.seed,
+                                    batch_size=2, grad_accum=1, learning_rate=config.learning_rate, eval_fraction=0.1, seed=config.seed,
                                     logging_steps=20, eval_steps=max(config.max_steps // 2, 1), save_steps=config.max_steps,
                                     codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
                                     input_code_noise=config.input_code_noise,
