@@ -96,12 +96,10 @@ class SamplingConfig:
 
     def resolved(self, model_sampling: dict[str, float]) -> SamplingConfig:
         """This config with every unset value taken from `model_sampling`, else the built-in one."""
-        sampling = SamplingConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)})
-        for name, built_in in BUILT_IN_SAMPLING.items():
-            if getattr(sampling, name) is None:
-                setattr(sampling, name, model_sampling.get(name, built_in))
-        sampling.__post_init__()  # the model's values are checked like the caller's
-        return sampling
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplingConfig)}
+        unset = {name: model_sampling.get(name, built_in) for name, built_in in BUILT_IN_SAMPLING.items()
+                 if own[name] is None}
+        return SamplingConfig(**{**own, **unset})  # the model's values are checked like the caller's
 
 
 def model_sampling(model: torch.nn.Module) -> dict[str, float]:
