@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokentts.config import add_config_arguments, config_from_args, write_config, write_json_atomic
 from tokentts.model.prompt import CHARACTERS, ESPEAK_IPA, TEXT_POSITIONS
+
+if TYPE_CHECKING:  # the codec stack (torch) is imported only when a stage runs
+    from tokentts.codecs.neural.train import TrainCodecConfig
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +189,15 @@ def build_base_model(config: BaseModelConfig) -> Path:
     return timings.run("package", lambda: package(config, work, final, timings.values))
 
 
-def report_reused_codec(codec_dir: Path, codec_config) -> Path:
+def report_reused_codec(codec_dir: Path, codec_config: TrainCodecConfig) -> Path:
     """The codec report of a codec this run did not train, on this run's held-out codec clips."""
     from tokentts.codecs.neural.codec import load_codec_model
     from tokentts.codecs.neural.train import load_corpus, write_codec_report
 
+    out = Path(codec_config.out)
     corpus = load_corpus(Path(codec_config.corpus), codec_config.eval_clips, codec_config.seed)
-    Path(codec_config.out).mkdir(parents=True, exist_ok=True)
-    return write_codec_report(load_codec_model(codec_dir).eval(), corpus, codec_config, Path(codec_config.out),
-                              {"reused": str(codec_dir)})
+    out.mkdir(parents=True, exist_ok=True)
+    return write_codec_report(load_codec_model(codec_dir).eval(), corpus, codec_config, out, {"reused": str(codec_dir)})
 
 
 def evaluate_base(config: BaseModelConfig, model_dir: Path, out: Path) -> Path:
