@@ -78,3 +78,22 @@ def test_write_audio_is_atomic_and_cli_reports_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "empty" in err[0]
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_trim_silence_cuts_the_silent_edges_and_nothing_of_the_speech():
+    from tokentts.audio.silence import trim_silence
+
+    speech = synthesize_espeak("Trim the quiet edges.")
+    rng = np.random.default_rng(0)
+    hiss = lambda seconds: (rng.standard_normal(int(seconds * 24000)) * 1e-4).astype(np.float32)  # -80 dBFS
+    padded = np.concatenate([hiss(0.6), speech, hiss(0.9)])
+    trimmed = trim_silence(padded, 24000)
+    # eSpeak's own edges are a few milliseconds; the padding goes, the 50 ms margins stay.
+    assert abs(len(trimmed) - len(speech)) < 0.12 * 24000, (len(trimmed), len(speech))
+    # A cut, not a copy: every sample above -40 dBFS is kept.
+    offset = next(i for i in range(len(padded) - len(trimmed) + 1) if np.array_equal(padded[i:i + 100], trimmed[:100]))
+    loud = np.flatnonzero(np.abs(padded) > 0.01)
+    assert offset <= loud[0] and offset + len(trimmed) > loud[-1]
+    # Silence alone, or speech without silent edges, comes back whole.
+    assert len(trim_silence(hiss(1.0), 24000)) == 24000
+    assert len(trim_silence(speech[2400:-2400], 24000)) >= len(speech) - 4800 - 480

@@ -159,3 +159,27 @@ def test_synthetic_sentences_are_distinct_and_reproducible():
     sentences = synthetic_sentences(500, seed=1)
     assert len(set(sentences)) == 500 and sentences == synthetic_sentences(500, seed=1)
     assert all(5 <= len(s.split()) <= 18 for s in sentences)
+
+
+def test_semantic_loss_teaches_codebook_0_whispers_encoder_features(corpus, tmp_path):
+    """`--semantic-weight`: codebook 0 learns to predict Whisper tiny.en's encoder features of the
+    crop (real Whisper), the distillation loss falls, and the saved codec (with its head) loads and
+    codes as before."""
+    from tokentts.asr.whisper import ENCODER_FRAME_RATE, encoder_features, load_asr
+
+    # The features: 50 frames a second of the clip's own audio, alone or among others.
+    speech = synthesize_espeak("Whisper hears what is said.")
+    alone, = encoder_features(load_asr("bundled"), [speech])
+    assert abs(len(alone) - len(speech) / 24000 * ENCODER_FRAME_RATE) <= 1 and alone.shape[1] == 384
+    config = TrainCodecConfig(corpus=corpus, out=tmp_path / "run", max_steps=60, log_every=10, batch_size=4,
+                              segment_seconds=1.0, learning_rate=3e-3, warmup_steps=10, eval_clips=1, usage_clips=5,
+                              asr_model="none", semantic_weight=1.0, **TINY)
+    train_codec(config)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["semantic"] < 0.8 * log[0]["semantic"], (log[0], log[-1])
+    assert log[-1]["mel"] < log[0]["mel"]  # it still learns to reconstruct
+    codec = load_codec(tmp_path / "run")
+    assert codec.model.semantic_head is not None and codec.model.config.semantic_dim == 384
+    assert torch.equal(codec.encode(speech), load_codec(tmp_path / "run").encode(speech))
+    with pytest.raises(ValueError, match="semantic_weight"):
+        TrainCodecConfig(corpus=corpus, semantic_weight=-1)

@@ -17,6 +17,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
 
     summary = json.loads((out / "dataset" / "summary.json").read_text())
     assert summary["clips"] >= 2
+    # Snippets as short as the base model's training sentences, their silent edges cut for its timed text.
+    assert summary["max_seconds"] <= 6.0
+    assert json.loads((out / "adapter" / "finetune_config.json").read_text())["trim_silence"] is True
     assert (out / "adapter" / "adapter_config.json").is_file()
     # The embedded base model: the fine-tuned voice brings its adapted codec decoder and speaking rate.
     assert "using the embedded base model" in printed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from tokentts.training.examples import (
     collate_frames,
     tokenize_clips,
 )
-from tokentts.model.prompt import embed_frames
+from tokentts.model.prompt import TEXT_POSITIONS_KEY, TIMED, embed_frames
 from tokentts.training.lora import prepare_for_training
 from tokentts.training.trainer import CsmTrainer, count_targets, csm_losses, unwrap_csm
 
@@ -526,3 +527,37 @@ def test_empty_dataset_and_existing_output_are_refused(work, tmp_path):
     (work["root"] / "taken").mkdir()
     with pytest.raises(TokenttsError, match="already exists"):
         finetune(config(work, "taken"))
+
+
+def test_silent_edges_are_cut_before_encoding_for_models_with_aligned_text(work, tmp_path):
+    """Aligned and timed layouts spread the text over every frame of a clip, so their fine-tunes cut a
+    clip's silent start and end (prepare keeps up to 0.2 s, a real recording often more); csm-1b's
+    sequential layout keeps clips as they are. The cut is part of the code cache's key."""
+    from datasets import load_from_disk
+
+    silence = np.zeros(12_000, np.float32)  # 0.5 s
+    clips = [Clip(audio=np.concatenate([silence, synthesize_espeak(text), silence]), text=text, source="0", start=0.0,
+                  end=1.0, source_file="s.wav") for text in TEXTS[:2]]
+    clips_to_dataset(clips).save_to_disk(str(tmp_path / "padded"))
+    codec = load_model(work["model"], device="cpu").codec
+    frames = {}
+    for trim in (False, True):
+        cfg = config(work, "unused", dataset=str(tmp_path / "padded"), cache_dir=tmp_path / "cache", trim_silence=trim)
+        dataset, speaker_column = open_dataset(cfg)
+        encoded = encode_dataset(dataset, codec, cfg, speaker_column)
+        assert not encoded.from_cache  # the second setting does not reuse the first's codes
+        frames[trim] = [clip.num_frames for clip in encoded.clips]
+    one_second = codec.frame_rate
+    assert all(0.8 * one_second <= kept - cut <= one_second + 1 for kept, cut in zip(frames[False], frames[True])), frames
+
+    timed_model = tmp_path / "timed"
+    shutil.copytree(work["model"], timed_model)
+    settings = json.loads((timed_model / "config.json").read_text())
+    (timed_model / "config.json").write_text(json.dumps({**settings, TEXT_POSITIONS_KEY: TIMED}))
+    for model, expected in ((work["model"], False), (timed_model, True)):
+        out = tmp_path / f"run-{expected}"
+        finetune(config(work, out.name, model=str(model), output_dir=out, dataset=str(tmp_path / "padded"),
+                        cache_dir=tmp_path / "cache", max_steps=1, codec_decoder_steps=0))
+        resolved = json.loads((out / "finetune_config.json").read_text())
+        assert resolved["trim_silence"] is expected
+    assert len(load_from_disk(str(tmp_path / "padded"))) == 2  # the dataset itself is untouched

@@ -46,6 +46,8 @@ class DemoConfig:
                                                                     "target voice (0 = off)"})
     input_code_noise: float = field(default=0.4, metadata={"help": "share of fine codes made random in the LoRA "
                                                                     "fine-tune's input, as the embedded base was trained"})
+    clip_seconds: float = field(default=6.0, metadata={"help": "longest prepared training snippet: the embedded base "
+                                                               "learned from single sentences of 2-5 s"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
     seed: int = field(default=0, metadata={"help": "seed for the script, training and sampling"})
     overwrite: bool = field(default=True, metadata={"help": "replace an earlier demo folder"})
@@ -110,7 +112,7 @@ def run_demo(config: DemoConfig) -> Path:
 
     started = _stage(2, "prepare: Whisper transcript, snippets, dataset")
     prepared = prepare(PrepareConfig(sources=[str(out / "target_recording.flac")], out=out / "dataset", asr_model="turbo",
-                                     max_seconds=15.0, cache_dir=out / "cache"))
+                                     max_seconds=config.clip_seconds, cache_dir=out / "cache"))
     _done(started, f"{prepared.clips} clips in {prepared.out}")
 
     started = _stage(3, "base model")

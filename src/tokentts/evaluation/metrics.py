@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from tokentts.audio.io import SAMPLE_RATE, resample
+from tokentts.audio.silence import frame_samples, silent_frames
 from tokentts.errors import TokenttsError
 
 # Resemblyzer and DNSMOS both work on 16 kHz audio.
@@ -181,21 +182,13 @@ def pause_stats(
     relative_db: float = 40.0,
     floor_db: float = -60.0,
 ) -> PauseStats:
-    """Silence from frame energy: a frame is silent when it is `relative_db` below the loudest
-    frame or below `floor_db` dBFS.
-
-    Relative to the loudest frame so that quiet and loud recordings are judged alike; the
-    absolute floor makes an all-near-zero clip count as silent rather than as quiet speech.
-    """
+    """Pauses from frame energy (`tokentts.audio.silence.silent_frames`)."""
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     duration = len(wav) / sample_rate
-    frame = max(1, int(round(frame_s * sample_rate)))
-    n_frames = len(wav) // frame
-    if n_frames == 0:
+    frame = frame_samples(frame_s, sample_rate)
+    silent = silent_frames(wav, sample_rate, frame_s, relative_db, floor_db)
+    if len(silent) == 0:
         return PauseStats(duration, 0.0, 1.0, duration)
-    frames = wav[: n_frames * frame].reshape(n_frames, frame)
-    level_db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
-    silent = (level_db < level_db.max() - relative_db) | (level_db < floor_db)
     voiced = np.flatnonzero(~silent)
     if len(voiced) == 0:
         return PauseStats(duration, 0.0, 1.0, duration)

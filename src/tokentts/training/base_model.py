@@ -55,7 +55,7 @@ class BaseModelConfig:
     text_positions: str = field(default="timed", metadata={"help": "text positions: aligned, timed or sequential "
                                                                      "(see tokentts pretrain --help)"})
     steps: int = field(default=1200, metadata={"help": "pretraining optimizer steps"})
-    continue_steps: int = field(default=300, metadata={"help": "steps of a second training phase on the same "
+    continue_steps: int = field(default=900, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
     continue_learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
@@ -163,6 +163,9 @@ def build_base_model(config: BaseModelConfig) -> Path:
         hidden_size=config.hidden_size, num_layers=config.num_layers, depth_hidden_size=config.depth_hidden_size,
         depth_layers=config.depth_layers, text_frontend=config.text_frontend,
         text_positions=config.text_positions, device=config.device, seed=config.seed,
+        # eSpeak's clips have no silent edges to cut (about 10 ms); left as they are, the codes (and
+        # their cache) are those the shipped model was trained on.
+        trim_silence=False,
     )
     if not _stage_done(work / "model", "config.json"):
         resume = checkpoint_dir(pretrain_config).is_dir()

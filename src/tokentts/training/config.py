@@ -33,6 +33,11 @@ class FinetuneConfig:
         metadata={"help": "drop (and count) rows whose text is longer, in tokens"},
     )
     max_audio_seconds: float = field(default=30.0, metadata={"help": "drop (and count) rows whose audio is longer"})
+    trim_silence: bool | None = field(
+        default=None,
+        metadata={"help": "cut each clip's silent start and end before encoding (default: on for models with "
+                          "aligned or timed text positions, which spread the text over the whole clip)"},
+    )
     eval_fraction: float = field(
         default=0.05,
         metadata={"help": "share of rows held out for the evaluation loss (0 = none)"},

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from tokentts.audio.silence import trim_silence
 from tokentts.codecs.base import Codec
 from tokentts.data.dataset import decode_audio_cell, load_voice_dataset
 from tokentts.errors import TokenttsError
@@ -101,6 +102,8 @@ def codec_fingerprint(codec: Codec) -> str:
 def cache_key(ds: Any, codec: Codec, cfg: FinetuneConfig, speaker_column: str | None) -> str:
     settings = [CACHE_FORMAT, ds._fingerprint, codec_fingerprint(codec), cfg.audio_column, cfg.text_column,
                 speaker_column, cfg.max_audio_seconds]
+    if cfg.trim_silence:  # named only when on, so that caches written before the setting existed stay valid
+        settings.append("trim_silence")
     return hashlib.blake2b(json.dumps(settings).encode(), digest_size=16).hexdigest()
 
 
@@ -137,6 +140,8 @@ def _decoded_rows(ds: Any, cfg: FinetuneConfig, speaker_column: str | None, samp
             if not isinstance(cell, dict):
                 raise TokenttsError(f"row {row}: the audio cell is {type(cell).__name__}, not audio")
             audio = decode_audio_cell(cell, sample_rate)
+            if cfg.trim_silence:
+                audio = trim_silence(audio, sample_rate)
         except TokenttsError as exc:
             if dropped["undecodable audio"] < 3:
                 log.warning("skipping row %d: %s", row, exc)

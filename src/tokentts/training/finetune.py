@@ -11,6 +11,7 @@ folder appears only when the run is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -204,6 +205,9 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         source, speaker_column = open_dataset(cfg)  # before loading the model: bad input fails fast
     model, processor, codec = _load(cfg, state.device, precision)
     csm_config = unwrap_csm(model).config
+    if cfg.trim_silence is None:
+        # Text spread over the clip's frames expects speech from the first frame to the last.
+        cfg = dataclasses.replace(cfg, trim_silence=TextLayout.of(csm_config).aligned)
     with state.main_process_first():
         encoded = encode_dataset(source, codec, cfg, speaker_column, state.device)
     train_set, eval_set, dropped = build_datasets(cfg, encoded, processor.tokenizer, csm_config, codec.codebook_size)

@@ -49,12 +49,12 @@ def adapt_decoder(codec: NeuralCodec, clips: list[np.ndarray], steps: int, batch
     loss_fn = SpectralLoss(model.front_end)
     rng = np.random.default_rng(seed)
     length = int(crop_seconds * codec.sample_rate)
-    held_back = random_crops(clips, batch_size, length, np.random.default_rng(seed + 1))
+    held_back, _ = random_crops(clips, batch_size, length, np.random.default_rng(seed + 1))
     start_loss = _held_back_loss(adapted, loss_fn, held_back)
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=learning_rate, betas=(0.8, 0.99))
     started = time.perf_counter()
     for _ in range(steps):
-        batch = random_crops(clips, batch_size, length, rng)
+        batch, _ = random_crops(clips, batch_size, length, rng)
         with torch.no_grad():  # the codes, and what they quantize to, stay as they are
             quantized = model.quantizer.decode(model.encode(batch))
         model.decoder.train()

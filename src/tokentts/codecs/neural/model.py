@@ -40,6 +40,7 @@ class CodecModelConfig:
     codebook_size: int = 256
     codebook_decay: float = 0.99
     dead_code_fraction: float = 0.1
+    semantic_dim: int = 0  # > 0: a head predicting distillation features from codebook 0 (training only)
 
     @property
     def samples_per_frame(self) -> int:
@@ -179,6 +180,9 @@ class CodecModel(nn.Module):
             config.latent_dim, config.num_codebooks, config.codebook_size, config.codebook_decay, config.dead_code_fraction
         )
         self.decoder = Decoder(config)
+        # Codebook 0 -> the distillation target (Whisper's encoder features): makes codebook 0 carry
+        # what is said rather than who says it. Unused when encoding or decoding.
+        self.semantic_head = nn.Linear(config.latent_dim, config.semantic_dim) if config.semantic_dim else None
 
     def pad(self, wav: torch.Tensor) -> torch.Tensor:
         """Zero-pad [B, N] at the end to a whole number of code frames."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from tokentts.codecs.neural.codec import CODEC_SUBDIR, NeuralCodec, save_codec_model
@@ -63,6 +64,11 @@ class TrainCodecConfig:
     quantizer_dropout: float = field(
         default=0.3, metadata={"help": "share of steps that train with only the first k codebooks (random k)"}
     )
+    semantic_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of a loss making codebook 0 predict Whisper's encoder features (what is said, "
+                          "not who says it: Mimi's codebook 0 is distilled from WavLM the same way); 0 = off"},
+    )
     log_every: int = field(default=25, metadata={"help": "steps between log lines"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
     # report
@@ -83,9 +89,12 @@ class TrainCodecConfig:
             raise ValueError("batch_size, segment_seconds, max_minutes and max_steps must be positive")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ValueError("quantizer_dropout must be between 0 and 1")
+        if self.semantic_weight < 0:
+            raise ValueError("semantic_weight must be >= 0")
 
-    def model_config(self) -> CodecModelConfig:
+    def model_config(self, semantic_dim: int = 0) -> CodecModelConfig:
         return CodecModelConfig(
+            semantic_dim=semantic_dim,
             hidden_dim=self.hidden_dim,
             latent_dim=self.latent_dim,
             encoder_layers=self.encoder_layers,
@@ -113,15 +122,48 @@ def load_corpus(path: Path, eval_clips: int, seed: int) -> CorpusSplit:
     return CorpusSplit([r["audio"] for r in train], [r["audio"] for r in held_out], [r.get("text", "") for r in held_out])
 
 
-def random_crops(clips: list[np.ndarray], count: int, length: int, rng: np.random.Generator) -> torch.Tensor:
-    """[count, length] crops of random clips at random offsets and gains; short clips are zero-padded."""
+def random_crops(clips: list[np.ndarray], count: int, length: int, rng: np.random.Generator,
+                 step: int = 1) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """[count, length] crops of random clips at random offsets (multiples of `step` samples) and gains,
+    short clips zero-padded; and each crop's (clip index, start sample)."""
     batch = np.zeros((count, length), dtype=np.float32)
+    picks = []
     for row in range(count):
-        clip = clips[rng.integers(len(clips))]
-        start = rng.integers(max(1, len(clip) - length + 1))
+        index = int(rng.integers(len(clips)))
+        clip = clips[index]
+        start = int(rng.integers(max(1, (len(clip) - length) // step + 1))) * step
         piece = clip[start : start + length]
         batch[row, : len(piece)] = piece * rng.uniform(0.5, 1.0)  # level changes: the codec must not care
-    return torch.from_numpy(batch)
+        picks.append((index, start))
+    return torch.from_numpy(batch), picks
+
+
+def semantic_features(clips: list[np.ndarray], sample_rate: int, frame_rate: float) -> list[torch.Tensor]:
+    """Whisper's encoder features of each clip at the codec's frame rate (pairs of its 50 Hz frames
+    averaged for 25 frames/s), float16 to halve the memory of a corpus."""
+    from tokentts.asr.whisper import ENCODER_FRAME_RATE, encoder_features, load_asr
+
+    ratio = ENCODER_FRAME_RATE / frame_rate
+    if ratio != int(ratio):
+        raise TokenttsError(f"the semantic loss needs a codec frame rate dividing {ENCODER_FRAME_RATE:g} (got {frame_rate:g})")
+    asr = load_asr("bundled")
+    pooled = []
+    for features in encoder_features(asr, clips, sample_rate):
+        frames = len(features) // int(ratio)
+        pooled.append(torch.from_numpy(features[: frames * int(ratio)].reshape(frames, int(ratio), -1).mean(1)).half())
+    return pooled
+
+
+def crop_targets(features: list[torch.Tensor], picks: list[tuple[int, int]], frames: int,
+                 samples_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features of each crop's frames [B, frames, S] and which of them exist [B, frames]."""
+    targets = torch.zeros(len(picks), frames, features[0].shape[1])
+    valid = torch.zeros(len(picks), frames, dtype=torch.bool)
+    for row, (index, start) in enumerate(picks):
+        piece = features[index][start // samples_per_frame : start // samples_per_frame + frames]
+        targets[row, : len(piece)] = piece.float()
+        valid[row, : len(piece)] = True
+    return targets, valid
 
 
 def learning_rate(config: TrainCodecConfig, step: int, progress: float) -> float:
@@ -169,16 +211,26 @@ def train_step(
     batch: torch.Tensor,
     num_codebooks: int | None,
     commitment_weight: float,
+    semantic: tuple[torch.Tensor, torch.Tensor] | None = None,
+    semantic_weight: float = 0.0,
 ) -> tuple[dict[str, float], torch.LongTensor]:
-    """One optimisation step on `batch` [B, N]; returns the loss terms and the codes [B, K', T]."""
+    """One optimisation step on `batch` [B, N]; returns the loss terms and the codes [B, K', T].
+    `semantic`: (targets [B, T, S], valid [B, T]) for codebook 0's distillation loss."""
     output = model(batch, num_codebooks)
     losses = loss_fn(output.audio, batch)
     loss = losses.total + commitment_weight * output.quantizer.commitment_loss
+    terms = {"stft": losses.stft, "mel": losses.mel, "commitment": output.quantizer.commitment_loss}
+    if semantic is not None:
+        targets, valid = semantic
+        predicted = model.semantic_head(output.quantizer.first.transpose(1, 2))
+        distance = 1 - F.cosine_similarity(predicted, targets, dim=-1)
+        terms["semantic"] = (distance * valid).sum() / valid.sum().clamp(min=1)
+        loss = loss + semantic_weight * terms["semantic"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    terms = {"loss": loss, "stft": losses.stft, "mel": losses.mel, "commitment": output.quantizer.commitment_loss}
+    terms = {"loss": loss, **terms}
     return {name: float(value.detach()) for name, value in terms.items()}, output.quantizer.codes
 
 
@@ -193,7 +245,14 @@ def train_codec(config: TrainCodecConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_config(config, out)
 
-    model = CodecModel(config.model_config())
+    features = None
+    if config.semantic_weight:
+        started = time.monotonic()
+        frame_rate = config.model_config().frame_rate
+        features = semantic_features(corpus.train, config.model_config().sample_rate, frame_rate)
+        log.info("Whisper encoder features of %d clips in %.0f s (codebook 0's distillation target)",
+                 len(features), time.monotonic() - started)
+    model = CodecModel(config.model_config(features[0].shape[1] if features else 0))
     loss_fn = SpectralLoss(model.front_end)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.8, 0.99))
     state = load_checkpoint(out, model, optimizer) if config.resume else TrainingState()
@@ -215,13 +274,18 @@ def train_codec(config: TrainCodecConfig) -> Path:
             progress = max(state.step / config.max_steps, state.seconds / (config.max_minutes * 60))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state.step, progress)
-            batch = random_crops(corpus.train, config.batch_size, crop, rng)
+            # With a distillation target, crops start on a frame so that its features line up.
+            batch, picks = random_crops(corpus.train, config.batch_size, crop, rng,
+                                        model.config.samples_per_frame if features else 1)
+            semantic = None if features is None else crop_targets(
+                features, picks, crop // model.config.samples_per_frame, model.config.samples_per_frame)
             # Quantizer dropout: some steps decode from the first k codebooks only, so that
             # codebook 0 alone (and every prefix) already gives a usable reconstruction.
             num_codebooks = None
             if rng.random() < config.quantizer_dropout:
                 num_codebooks = int(rng.integers(1, config.num_codebooks + 1))
-            losses, codes = train_step(model, loss_fn, optimizer, batch, num_codebooks, config.commitment_weight)
+            losses, codes = train_step(model, loss_fn, optimizer, batch, num_codebooks, config.commitment_weight,
+                                       semantic, config.semantic_weight)
             state.step += 1
             state.seconds += time.monotonic() - started
             for name, value in losses.items():
