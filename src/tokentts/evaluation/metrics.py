@@ -187,10 +187,8 @@ def pause_stats(
     duration = len(wav) / sample_rate
     frame = frame_samples(frame_s, sample_rate)
     silent = silent_frames(wav, sample_rate, frame_s, relative_db, floor_db)
-    if len(silent) == 0:
-        return PauseStats(duration, 0.0, 1.0, duration)
     voiced = np.flatnonzero(~silent)
-    if len(voiced) == 0:
+    if len(voiced) == 0:  # all silent, or shorter than a frame
         return PauseStats(duration, 0.0, 1.0, duration)
     speech_span = float(voiced[-1] - voiced[0] + 1) * frame / sample_rate
     return PauseStats(

@@ -248,8 +248,8 @@ def train_codec(config: TrainCodecConfig) -> Path:
     features = None
     if config.semantic_weight:
         started = time.monotonic()
-        frame_rate = config.model_config().frame_rate
-        features = semantic_features(corpus.train, config.model_config().sample_rate, frame_rate)
+        shape = config.model_config()
+        features = semantic_features(corpus.train, shape.sample_rate, shape.frame_rate)
         log.info("Whisper encoder features of %d clips in %.0f s (codebook 0's distillation target)",
                  len(features), time.monotonic() - started)
     model = CodecModel(config.model_config(features[0].shape[1] if features else 0))
