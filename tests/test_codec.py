@@ -161,25 +161,35 @@ def test_synthetic_sentences_are_distinct_and_reproducible():
     assert all(5 <= len(s.split()) <= 18 for s in sentences)
 
 
-def test_semantic_loss_teaches_codebook_0_whispers_encoder_features(corpus, tmp_path):
-    """`--semantic-weight`: codebook 0 learns to predict Whisper tiny.en's encoder features of the
-    crop (real Whisper), the distillation loss falls, and the saved codec (with its head) loads and
-    codes as before."""
+def test_whisper_units_make_codebook_0_and_the_other_codebooks_code_the_rest(corpus, tmp_path):
+    """`--whisper-units`: codebook 0 is the nearest k-means unit of Whisper tiny.en's encoder features
+    (real Whisper), the learned codebooks quantize the rest, and the saved codec keeps its units."""
     from tokentts.asr.whisper import ENCODER_FRAME_RATE, encoder_features, load_asr
+    from tokentts.codecs.neural.units import nearest_units, whisper_features
 
-    # The features: 50 frames a second of the clip's own audio, alone or among others.
+    # The features: 50 frames a second of the clip's own audio.
     speech = synthesize_espeak("Whisper hears what is said.")
     alone, = encoder_features(load_asr("bundled"), [speech])
     assert abs(len(alone) - len(speech) / 24000 * ENCODER_FRAME_RATE) <= 1 and alone.shape[1] == 384
     config = TrainCodecConfig(corpus=corpus, out=tmp_path / "run", max_steps=60, log_every=10, batch_size=4,
                               segment_seconds=1.0, learning_rate=3e-3, warmup_steps=10, eval_clips=1, usage_clips=5,
-                              asr_model="none", semantic_weight=1.0, **TINY)
+                              asr_model="none", whisper_units=True, **TINY)
     train_codec(config)
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert log[-1]["semantic"] < 0.8 * log[0]["semantic"], (log[0], log[-1])
-    assert log[-1]["mel"] < log[0]["mel"]  # it still learns to reconstruct
+    assert log[-1]["mel"] < 0.8 * log[0]["mel"], (log[0], log[-1])
     codec = load_codec(tmp_path / "run")
-    assert codec.model.semantic_head is not None and codec.model.config.semantic_dim == 384
-    assert torch.equal(codec.encode(speech), load_codec(tmp_path / "run").encode(speech))
-    with pytest.raises(ValueError, match="semantic_weight"):
-        TrainCodecConfig(corpus=corpus, semantic_weight=-1)
+    model = codec.model
+    assert model.config.unit_dim == 384 and len(model.quantizer.layers) == TINY["num_codebooks"] - 1
+    codes = codec.encode(speech)
+    assert codes.shape == (TINY["num_codebooks"], codec.num_frames(len(speech)))
+    # Codebook 0 is exactly the units of the clip's Whisper features; all 32 units are fitted, several used.
+    features, = whisper_features([speech], 24000, codec.frame_rate)
+    assert torch.equal(codes[0], nearest_units(model.unit_centroids, features, codes.shape[1]))
+    assert model.unit_centroids.abs().sum(1).gt(0).all() and len(codes[0].unique()) >= 4
+    assert torch.equal(codes, load_codec(tmp_path / "run").encode(speech))
+    # A clip codes the same alone or in a padded batch, and codebook 0 alone decodes to audio.
+    batch = codec.encode_batch([speech, speech[: len(speech) // 2]])
+    assert torch.equal(batch[0], codes)
+    assert codec.decode(codes[:1]).shape == (codes.shape[1] * model.config.samples_per_frame,)
+    with pytest.raises(ValueError, match="whisper_units"):
+        TrainCodecConfig(corpus=corpus, whisper_units=True, num_codebooks=1)

@@ -48,6 +48,8 @@ class BaseModelConfig:
     codec_clips_per_speaker: int = field(default=50, metadata={"help": "sentences per speaker for the codec"})
     clips_per_speaker: int = field(default=200, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
+    codec_whisper_units: bool = field(default=False, metadata={"help": "the codec's codebook 0 = Whisper units "
+                                                                         "(see tokentts train-codec --help)"})
     codec: Path | None = field(default=None, metadata={"help": "a trained codec folder (train-codec's codec/) to use "
                                                               "instead of training one; it is still reported on"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
@@ -73,7 +75,8 @@ class BaseModelConfig:
                                                               "model's generation_config.json (its default)"})
     depth_temperature: float = field(default=0.1, metadata={"help": "depth-decoder sampling temperature, written "
                                                                     "there too"})
-    eval_sentences: int = field(default=10, metadata={"help": "held-out sentences in the model card's evaluation"})
+    # 30: with 10, the base's WER interval was 0.33 wide (single Whisper repetition loops swing the mean).
+    eval_sentences: int = field(default=30, metadata={"help": "held-out sentences in the model card's evaluation"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per sentence and condition"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda (pretraining); the recipe runs on CPU"})
     seed: int = field(default=0, metadata={"help": "seed of voices, sentences and training"})
@@ -145,7 +148,8 @@ def build_base_model(config: BaseModelConfig) -> Path:
 
     codec_run = work / "codec-run"
     codec_config = TrainCodecConfig(corpus=work / "codec-corpus", out=codec_run, max_minutes=config.codec_minutes,
-                                    eval_clips=config.codec_eval_clips, seed=config.seed)
+                                    whisper_units=config.codec_whisper_units, eval_clips=config.codec_eval_clips,
+                                    seed=config.seed)
     if config.codec is not None:
         if not _stage_done(codec_run, "report.json"):
             timings.run("codec-report", lambda: report_reused_codec(Path(config.codec), codec_config))
@@ -260,6 +264,9 @@ def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: di
     recorded_wer = by_name["recordings"]["wer"]["mean"]
     base_wer = by_name["base"]["wer"]["mean"]
     depth = model_config["depth_decoder_config"]
+    units = json.loads((model_dir / "codec" / "codec_config.json").read_text()).get("unit_dim", 0)
+    codebook_0 = (" Codebook 0 is k-means units of the bundled Whisper tiny.en's encoder features\n  "
+                  "(`train-codec --whisper-units`), so encoding runs Whisper; decoding does not." if units else "")
     corpus_hours = metrics["data"]["train_audio_seconds"] / 3600
     intelligibility = codec_report.get("intelligibility", {})
     rows = "\n".join(
@@ -290,7 +297,7 @@ production voice: it speaks the vocabulary of its training sentences best.
   depth decoder: {depth['num_hidden_layers']} layers x {depth['hidden_size']};
   {metrics['total_parameters'] / 1e6:.1f} M parameters, stored as float16.
 - Audio: the tokentts neural codec in `codec/` (24 kHz, 25 frames/s, {model_config['num_codebooks']} codebooks
-  of {model_config['vocab_size'] - 3}); the model predicts codebook 0 with the backbone and the rest with the depth decoder.
+  of {model_config['vocab_size'] - 3}); the model predicts codebook 0 with the backbone and the rest with the depth decoder.{codebook_0}
 - Text: {reads}, as UTF-8 bytes. Text positions use the *{layout}* layout (`tokentts_text_positions`):
   each segment's text is spread over the RoPE positions of the audio it speaks{spread}, at
   {model_config.get('tokentts_frames_per_token', 0):.2f} frames per byte when no voice context sets the rate.

@@ -56,7 +56,7 @@ def adapt_decoder(codec: NeuralCodec, clips: list[np.ndarray], steps: int, batch
     for _ in range(steps):
         batch, _ = random_crops(clips, batch_size, length, rng)
         with torch.no_grad():  # the codes, and what they quantize to, stay as they are
-            quantized = model.quantizer.decode(model.encode(batch))
+            quantized = model.dequantize(model.encode(batch))
         model.decoder.train()
         loss = loss_fn(model.decoder(quantized), batch).total
         optimizer.zero_grad(set_to_none=True)

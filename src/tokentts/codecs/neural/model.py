@@ -4,6 +4,8 @@ Shapes (B clips, T code frames, F = T * stft_frames_per_code STFT frames):
 
     wav [B, T*samples_per_frame] --STFT/mel--> [B, n_mels, F] --encoder--> latents [B, latent_dim, T]
     latents --RVQ--> codes [B, K, T] and quantized latents [B, latent_dim, T]
+    (with Whisper units: codebook 0 = units [B, T] of the wav, the RVQ's K-1 codebooks quantize
+     latents - unit_embedding(units))
     quantized --decoder--> complex spectrum [B, n_fft/2+1, F] --iSTFT--> wav [B, T*samples_per_frame]
 
 The encoder reads a fixed log-mel front end and the decoder predicts an STFT (magnitude and
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tokentts.codecs.neural.quantizer import QuantizerOutput, ResidualVectorQuantizer
+from tokentts.codecs.neural.units import nearest_units, whisper_features
 
 
 @dataclass
@@ -40,7 +43,9 @@ class CodecModelConfig:
     codebook_size: int = 256
     codebook_decay: float = 0.99
     dead_code_fraction: float = 0.1
-    semantic_dim: int = 0  # > 0: a head predicting distillation features from codebook 0 (training only)
+    # > 0: codebook 0 is not learned but the nearest of `codebook_size` k-means centroids of the bundled
+    # Whisper tiny.en's encoder features (of this dimension), see units.py; the other codebooks code the rest.
+    unit_dim: int = 0
 
     @property
     def samples_per_frame(self) -> int:
@@ -176,13 +181,17 @@ class CodecModel(nn.Module):
         self.config = config
         self.front_end = MelFrontEnd(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
         self.encoder = Encoder(config)
+        learned_codebooks = config.num_codebooks - (1 if config.unit_dim else 0)
         self.quantizer = ResidualVectorQuantizer(
-            config.latent_dim, config.num_codebooks, config.codebook_size, config.codebook_decay, config.dead_code_fraction
+            config.latent_dim, learned_codebooks, config.codebook_size, config.codebook_decay, config.dead_code_fraction
         )
         self.decoder = Decoder(config)
-        # Codebook 0 -> the distillation target (Whisper's encoder features): makes codebook 0 carry
-        # what is said rather than who says it. Unused when encoding or decoding.
-        self.semantic_head = nn.Linear(config.latent_dim, config.semantic_dim) if config.semantic_dim else None
+        self.unit_embedding = None
+        if config.unit_dim:
+            # Codebook 0 of a Whisper-unit codec: fixed centroids (set once by training) and, learned,
+            # what each unit contributes to the latents the decoder reads.
+            self.register_buffer("unit_centroids", torch.zeros(config.codebook_size, config.unit_dim))
+            self.unit_embedding = nn.Embedding(config.codebook_size, config.latent_dim)
 
     def pad(self, wav: torch.Tensor) -> torch.Tensor:
         """Zero-pad [B, N] at the end to a whole number of code frames."""
@@ -200,14 +209,49 @@ class CodecModel(nn.Module):
             valid = torch.arange(frames)[None, :] < counts[:, None]
         return self.encoder(self.front_end(wav), valid)
 
-    def encode(self, wav: torch.Tensor, lengths: list[int] | None = None) -> torch.LongTensor:
-        """wav [B, N] -> codes [B, K, ceil(N / samples_per_frame)]."""
-        return self.quantizer(self.encode_latents(wav, lengths)).codes
+    def units(self, wav: torch.Tensor, lengths: list[int] | None = None) -> torch.LongTensor:
+        """Codebook 0 of a Whisper-unit codec: wav [B, N] -> units [B, T] (Whisper runs on each clip alone)."""
+        frames = self.pad(wav).shape[-1] // self.config.samples_per_frame
+        clips = [row[:n].numpy() for row, n in zip(wav, lengths or [wav.shape[-1]] * len(wav))]
+        features = whisper_features(clips, self.config.sample_rate, self.config.frame_rate)
+        return torch.stack([nearest_units(self.unit_centroids, f, frames) for f in features])
+
+    def quantize(self, latents: torch.Tensor, units: torch.LongTensor | None = None,
+                 num_codebooks: int | None = None) -> QuantizerOutput:
+        """latents [B, latent_dim, T] (and, for a Whisper-unit codec, units [B, T]) -> codes of the first
+        `num_codebooks` codebooks (all by default) and the latents they quantize to."""
+        if self.unit_embedding is None:
+            return self.quantizer(latents, num_codebooks)
+        base = self.unit_embedding(units).transpose(1, 2)  # [B, latent_dim, T]
+        learned = (num_codebooks or self.config.num_codebooks) - 1
+        if learned == 0:
+            return QuantizerOutput(base, units[:, None], latents.new_zeros(()))
+        # The learned codebooks quantize what the unit leaves. Detached there, so that the residual's
+        # straight-through estimator does not cancel the reconstruction loss's gradient to the embedding.
+        rest = self.quantizer(latents - base.detach(), learned)
+        return QuantizerOutput(base + rest.quantized, torch.cat([units[:, None], rest.codes], 1), rest.commitment_loss)
+
+    def dequantize(self, codes: torch.LongTensor) -> torch.Tensor:
+        """codes [B, K', T] (the first K' <= K codebooks) -> quantized latents [B, latent_dim, T]."""
+        if self.unit_embedding is None:
+            return self.quantizer.decode(codes)
+        latents = self.unit_embedding(codes[:, 0]).transpose(1, 2)
+        return latents + self.quantizer.decode(codes[:, 1:]) if codes.shape[1] > 1 else latents
+
+    def encode(self, wav: torch.Tensor, lengths: list[int] | None = None,
+               units: torch.LongTensor | None = None) -> torch.LongTensor:
+        """wav [B, N] -> codes [B, K, ceil(N / samples_per_frame)]; `units`: codebook 0 if already known."""
+        if self.unit_embedding is not None and units is None:
+            units = self.units(wav, lengths)
+        return self.quantize(self.encode_latents(wav, lengths), units).codes
 
     def decode(self, codes: torch.LongTensor) -> torch.Tensor:
         """codes [B, K', T] (the first K' <= K codebooks) -> wav [B, T * samples_per_frame]."""
-        return self.decoder(self.quantizer.decode(codes))
+        return self.decoder(self.dequantize(codes))
 
-    def forward(self, wav: torch.Tensor, num_codebooks: int | None = None) -> CodecOutput:
-        quantized = self.quantizer(self.encode_latents(wav), num_codebooks)
+    def forward(self, wav: torch.Tensor, num_codebooks: int | None = None,
+                units: torch.LongTensor | None = None) -> CodecOutput:
+        if self.unit_embedding is not None and units is None:
+            units = self.units(wav)
+        quantized = self.quantize(self.encode_latents(wav), units, num_codebooks)
         return CodecOutput(self.decoder(quantized.quantized), quantized)

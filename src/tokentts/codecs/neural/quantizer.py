@@ -22,7 +22,6 @@ class QuantizerOutput:
     quantized: torch.Tensor  # [B, D, T], straight-through: gradients flow to the encoder unchanged
     codes: torch.LongTensor  # [B, K, T]
     commitment_loss: torch.Tensor  # scalar, mean squared distance of latents to their codes
-    first: torch.Tensor  # [B, D, T] codebook 0's part of `quantized`, straight-through too
 
 
 class EMAVectorQuantizer(nn.Module):
@@ -111,10 +110,8 @@ class ResidualVectorQuantizer(nn.Module):
         residual = flat
         quantized = torch.zeros_like(flat)
         codes = []
-        for k, layer in enumerate(self.layers[: num_codebooks or len(self.layers)]):
+        for layer in self.layers[: num_codebooks or len(self.layers)]:
             q, c = layer(residual)
-            if k == 0:
-                first = flat + (q - flat).detach()
             residual = residual - q.detach()
             quantized = quantized + q
             codes.append(c)
@@ -125,7 +122,6 @@ class ResidualVectorQuantizer(nn.Module):
             quantized.reshape(batch, frames, dim).permute(0, 2, 1),
             torch.stack(codes, 1).reshape(batch, frames, -1).permute(0, 2, 1),
             commitment,
-            first.reshape(batch, frames, dim).permute(0, 2, 1),
         )
 
     def decode(self, codes: torch.LongTensor) -> torch.Tensor:

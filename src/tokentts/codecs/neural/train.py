@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from tokentts.codecs.neural.codec import CODEC_SUBDIR, NeuralCodec, save_codec_model
 from tokentts.codecs.neural.losses import SpectralLoss
 from tokentts.codecs.neural.model import CodecModel, CodecModelConfig
 from tokentts.codecs.neural.report import build_report, codebook_usage
+from tokentts.codecs.neural.units import fit_centroids, nearest_units, whisper_features
 from tokentts.config import building_directory, write_config, write_json_atomic
 from tokentts.data.dataset import iter_audio_rows, load_voice_dataset
 from tokentts.errors import TokenttsError
@@ -64,10 +64,11 @@ class TrainCodecConfig:
     quantizer_dropout: float = field(
         default=0.3, metadata={"help": "share of steps that train with only the first k codebooks (random k)"}
     )
-    semantic_weight: float = field(
-        default=0.0,
-        metadata={"help": "weight of a loss making codebook 0 predict Whisper's encoder features (what is said, "
-                          "not who says it: Mimi's codebook 0 is distilled from WavLM the same way); 0 = off"},
+    whisper_units: bool = field(
+        default=False,
+        metadata={"help": "codebook 0 = k-means units of Whisper tiny.en's encoder features (what is said, not who "
+                          "says it, as HuBERT units; Mimi distils its codebook 0 from WavLM for the same reason); "
+                          "the learned codebooks code the rest. Encoding then runs Whisper too"},
     )
     log_every: int = field(default=25, metadata={"help": "steps between log lines"})
     checkpoint_every: int = field(default=200, metadata={"help": "steps between checkpoints"})
@@ -89,12 +90,12 @@ class TrainCodecConfig:
             raise ValueError("batch_size, segment_seconds, max_minutes and max_steps must be positive")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ValueError("quantizer_dropout must be between 0 and 1")
-        if self.semantic_weight < 0:
-            raise ValueError("semantic_weight must be >= 0")
+        if self.whisper_units and self.num_codebooks < 2:
+            raise ValueError("whisper_units needs at least two codebooks (units, then learned ones)")
 
-    def model_config(self, semantic_dim: int = 0) -> CodecModelConfig:
+    def model_config(self, unit_dim: int = 0) -> CodecModelConfig:
         return CodecModelConfig(
-            semantic_dim=semantic_dim,
+            unit_dim=unit_dim,
             hidden_dim=self.hidden_dim,
             latent_dim=self.latent_dim,
             encoder_layers=self.encoder_layers,
@@ -138,32 +139,19 @@ def random_crops(clips: list[np.ndarray], count: int, length: int, rng: np.rando
     return torch.from_numpy(batch), picks
 
 
-def semantic_features(clips: list[np.ndarray], sample_rate: int, frame_rate: float) -> list[torch.Tensor]:
-    """Whisper's encoder features of each clip at the codec's frame rate (pairs of its 50 Hz frames
-    averaged for 25 frames/s), float16 to halve the memory of a corpus."""
-    from tokentts.asr.whisper import ENCODER_FRAME_RATE, encoder_features, load_asr
-
-    ratio = ENCODER_FRAME_RATE / frame_rate
-    if ratio != int(ratio):
-        raise TokenttsError(f"the semantic loss needs a codec frame rate dividing {ENCODER_FRAME_RATE:g} (got {frame_rate:g})")
-    asr = load_asr("bundled")
-    pooled = []
-    for features in encoder_features(asr, clips, sample_rate):
-        frames = len(features) // int(ratio)
-        pooled.append(torch.from_numpy(features[: frames * int(ratio)].reshape(frames, int(ratio), -1).mean(1)).half())
-    return pooled
+def clip_units(centroids: torch.Tensor, features: list[torch.Tensor], clips: list[np.ndarray],
+               samples_per_frame: int) -> list[torch.Tensor]:
+    """Each clip's Whisper units [frames], one per code frame."""
+    return [nearest_units(centroids, f, -(-len(clip) // samples_per_frame)) for f, clip in zip(features, clips)]
 
 
-def crop_targets(features: list[torch.Tensor], picks: list[tuple[int, int]], frames: int,
-                 samples_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The features of each crop's frames [B, frames, S] and which of them exist [B, frames]."""
-    targets = torch.zeros(len(picks), frames, features[0].shape[1])
-    valid = torch.zeros(len(picks), frames, dtype=torch.bool)
-    for row, (index, start) in enumerate(picks):
-        piece = features[index][start // samples_per_frame : start // samples_per_frame + frames]
-        targets[row, : len(piece)] = piece.float()
-        valid[row, : len(piece)] = True
-    return targets, valid
+def crop_units(units: list[torch.Tensor], picks: list[tuple[int, int]], frames: int, samples_per_frame: int) -> torch.LongTensor:
+    """The units of each crop's frames [B, frames]; frames past a clip's end (zero padding) repeat its last unit."""
+    rows = []
+    for index, start in picks:
+        piece = units[index][start // samples_per_frame : start // samples_per_frame + frames]
+        rows.append(torch.cat([piece, piece[-1:].expand(frames - len(piece))]))
+    return torch.stack(rows)
 
 
 def learning_rate(config: TrainCodecConfig, step: int, progress: float) -> float:
@@ -211,26 +199,18 @@ def train_step(
     batch: torch.Tensor,
     num_codebooks: int | None,
     commitment_weight: float,
-    semantic: tuple[torch.Tensor, torch.Tensor] | None = None,
-    semantic_weight: float = 0.0,
+    units: torch.LongTensor | None = None,
 ) -> tuple[dict[str, float], torch.LongTensor]:
-    """One optimisation step on `batch` [B, N]; returns the loss terms and the codes [B, K', T].
-    `semantic`: (targets [B, T, S], valid [B, T]) for codebook 0's distillation loss."""
-    output = model(batch, num_codebooks)
+    """One optimisation step on `batch` [B, N] (with its Whisper units [B, T] for a unit codec);
+    returns the loss terms and the codes [B, K', T]."""
+    output = model(batch, num_codebooks, units)
     losses = loss_fn(output.audio, batch)
     loss = losses.total + commitment_weight * output.quantizer.commitment_loss
-    terms = {"stft": losses.stft, "mel": losses.mel, "commitment": output.quantizer.commitment_loss}
-    if semantic is not None:
-        targets, valid = semantic
-        predicted = model.semantic_head(output.quantizer.first.transpose(1, 2))
-        distance = 1 - F.cosine_similarity(predicted, targets, dim=-1)
-        terms["semantic"] = (distance * valid).sum() / valid.sum().clamp(min=1)
-        loss = loss + semantic_weight * terms["semantic"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
-    terms = {"loss": loss, **terms}
+    terms = {"loss": loss, "stft": losses.stft, "mel": losses.mel, "commitment": output.quantizer.commitment_loss}
     return {name: float(value.detach()) for name, value in terms.items()}, output.quantizer.codes
 
 
@@ -246,17 +226,20 @@ def train_codec(config: TrainCodecConfig) -> Path:
     write_config(config, out)
 
     features = None
-    if config.semantic_weight:
+    if config.whisper_units:
         started = time.monotonic()
         shape = config.model_config()
-        features = semantic_features(corpus.train, shape.sample_rate, shape.frame_rate)
-        log.info("Whisper encoder features of %d clips in %.0f s (codebook 0's distillation target)",
-                 len(features), time.monotonic() - started)
-    model = CodecModel(config.model_config(features[0].shape[1] if features else 0))
+        features = whisper_features(corpus.train, shape.sample_rate, shape.frame_rate)
+        log.info("Whisper encoder features of %d clips in %.0f s", len(features), time.monotonic() - started)
+    model = CodecModel(config.model_config(unit_dim=features[0].shape[1] if features else 0))
+    if features is not None and not config.resume:  # a resumed run keeps the units of its checkpoint
+        model.unit_centroids.copy_(fit_centroids(features, config.codebook_size, config.seed))
     loss_fn = SpectralLoss(model.front_end)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.8, 0.99))
     state = load_checkpoint(out, model, optimizer) if config.resume else TrainingState()
     truncate_log(out / "train_log.jsonl", state.step)
+    units = None if features is None else clip_units(
+        model.unit_centroids, features, corpus.train, model.config.samples_per_frame)
     rng = np.random.default_rng([config.seed, state.step])  # a resumed run draws new crops
     crop = round(config.segment_seconds * model.config.frame_rate) * model.config.samples_per_frame
     log.info(
@@ -274,18 +257,18 @@ def train_codec(config: TrainCodecConfig) -> Path:
             progress = max(state.step / config.max_steps, state.seconds / (config.max_minutes * 60))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state.step, progress)
-            # With a distillation target, crops start on a frame so that its features line up.
+            # With Whisper units, crops start on a frame so that the clip's units line up.
             batch, picks = random_crops(corpus.train, config.batch_size, crop, rng,
-                                        model.config.samples_per_frame if features else 1)
-            semantic = None if features is None else crop_targets(
-                features, picks, crop // model.config.samples_per_frame, model.config.samples_per_frame)
+                                        model.config.samples_per_frame if units is not None else 1)
+            crop_codes = None if units is None else crop_units(
+                units, picks, crop // model.config.samples_per_frame, model.config.samples_per_frame)
             # Quantizer dropout: some steps decode from the first k codebooks only, so that
             # codebook 0 alone (and every prefix) already gives a usable reconstruction.
             num_codebooks = None
             if rng.random() < config.quantizer_dropout:
                 num_codebooks = int(rng.integers(1, config.num_codebooks + 1))
             losses, codes = train_step(model, loss_fn, optimizer, batch, num_codebooks, config.commitment_weight,
-                                       semantic, config.semantic_weight)
+                                       crop_codes)
             state.step += 1
             state.seconds += time.monotonic() - started
             for name, value in losses.items():
