@@ -19,7 +19,9 @@ from tokentts.model import Segment, build_prompt, embed_prompt, embedded, load_m
 from tokentts.model.prompt import TextLayout
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
 
-TOY = dict(speakers=2, codec_clips_per_speaker=3, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
+# Five codec clips per speaker: the codec's 256 Whisper units need that many frames of speech.
+TOY = dict(speakers=2, codec_clips_per_speaker=5, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
+           codec_whisper_units=True,
            steps=6, continue_steps=3, batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
            hidden_size=64, num_layers=2,
            depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1, temperature=0.7,
@@ -60,6 +62,9 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
     assert "temperature 0.7 for codebook 0 and 0.2 for the depth decoder" in card and "train-codec`, 0.05 min" in card
+    # Codebook 0 is Whisper units: the packaged codec keeps its centroids, and the card says so.
+    assert load_file(str(packaged / "codec" / "model.safetensors"))["unit_centroids"].shape == (256, 384)
+    assert "Codebook 0 is k-means units of the bundled Whisper tiny.en" in card
 
 
 def test_held_out_sentences_are_in_neither_corpus(recipe):
