@@ -212,9 +212,10 @@ class CodecModel(nn.Module):
     def units(self, wav: torch.Tensor, lengths: list[int] | None = None) -> torch.LongTensor:
         """Codebook 0 of a Whisper-unit codec: wav [B, N] -> units [B, T] (Whisper runs on each clip alone)."""
         frames = self.pad(wav).shape[-1] // self.config.samples_per_frame
-        clips = [row[:n].numpy() for row, n in zip(wav, lengths or [wav.shape[-1]] * len(wav))]
+        clips = [row[:n].cpu().numpy() for row, n in zip(wav, lengths or [wav.shape[-1]] * len(wav))]
         features = whisper_features(clips, self.config.sample_rate, self.config.frame_rate)
-        return torch.stack([nearest_units(self.unit_centroids, f, frames) for f in features])
+        centroids = self.unit_centroids.cpu()
+        return torch.stack([nearest_units(centroids, f, frames) for f in features]).to(wav.device)
 
     def quantize(self, latents: torch.Tensor, units: torch.LongTensor | None = None,
                  num_codebooks: int | None = None) -> QuantizerOutput:
