@@ -8,6 +8,7 @@ from tokentts.audio.synth import EspeakVoice, synthesize_espeak
 from tokentts.cli import main
 from tokentts.codecs.base import Codec
 from tokentts.codecs.neural import CodecModel, CodecModelConfig, NeuralCodec, load_codec
+from tokentts.codecs.neural.adapt import _CropSampler, adapt_decoder
 from tokentts.codecs.neural.quantizer import EMAVectorQuantizer
 from tokentts.codecs.neural.train import TrainCodecConfig, train_codec
 from tokentts.config import write_json_atomic
@@ -191,5 +192,11 @@ def test_whisper_units_make_codebook_0_and_the_other_codebooks_code_the_rest(cor
     batch = codec.encode_batch([speech, speech[: len(speech) // 2]])
     assert torch.equal(batch[0], codes)
     assert codec.decode(codes[:1]).shape == (codes.shape[1] * model.config.samples_per_frame,)
+    # Decoder adaptation crops each clip's own units (Whisper heard the whole clip) and keeps every code.
+    crops, crop_codes = _CropSampler(model, [speech], 2, 24000).codes(np.random.default_rng(0))
+    windows = codes[0].unfold(0, crop_codes.shape[2], 1)  # every 1 s window of the whole clip's units
+    assert all((windows == row).all(1).any() for row in crop_codes[:, 0])
+    adapted = adapt_decoder(codec, [speech], steps=2, batch_size=2)
+    assert torch.equal(adapted.codec.encode(speech), codes) and np.isfinite(adapted.loss_end)
     with pytest.raises(ValueError, match="whisper_units"):
         TrainCodecConfig(corpus=corpus, whisper_units=True, num_codebooks=1)

@@ -22,7 +22,8 @@ import torch
 
 from tokentts.codecs.neural.codec import NeuralCodec
 from tokentts.codecs.neural.losses import SpectralLoss
-from tokentts.codecs.neural.train import random_crops
+from tokentts.codecs.neural.model import CodecModel
+from tokentts.codecs.neural.train import crop_units, random_crops
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,30 @@ class DecoderAdaptation:
     loss_end: float  # ... and after
 
 
-def _held_back_loss(codec: NeuralCodec, loss_fn: SpectralLoss, crops: torch.Tensor) -> float:
+class _CropSampler:
+    """Random crops of the voice's clips, with their codebook-0 units for a Whisper-unit codec: Whisper
+    hears each whole clip once, as when the clip is encoded for the language model, and every crop
+    takes its frames' units (Whisper on a 2 s crop alone hears something else, and costs a pass a step)."""
+
+    def __init__(self, model: CodecModel, clips: list[np.ndarray], batch_size: int, length: int):
+        self.model, self.clips, self.batch_size, self.length = model, clips, batch_size, length
+        self.units = None
+        if model.unit_embedding is not None:
+            self.units = [model.units(torch.from_numpy(np.asarray(clip, dtype=np.float32))[None])[0] for clip in clips]
+
+    def codes(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.LongTensor]:
+        """A batch of crops [B, N] and their codes [B, K, T]."""
+        frame = self.model.config.samples_per_frame
+        batch, picks = random_crops(self.clips, self.batch_size, self.length, rng,
+                                     frame if self.units is not None else 1)
+        units = None if self.units is None else crop_units(self.units, picks, -(-self.length // frame), frame)
+        with torch.no_grad():
+            return batch, self.model.encode(batch, units=units)
+
+
+def _held_back_loss(model: CodecModel, loss_fn: SpectralLoss, crops: torch.Tensor, codes: torch.LongTensor) -> float:
     with torch.no_grad():
-        return float(loss_fn(codec.model.decode(codec.model.encode(crops)), crops).total)
+        return float(loss_fn(model.decode(codes), crops).total)
 
 
 def adapt_decoder(codec: NeuralCodec, clips: list[np.ndarray], steps: int, batch_size: int = 8,
@@ -48,15 +70,15 @@ def adapt_decoder(codec: NeuralCodec, clips: list[np.ndarray], steps: int, batch
     model = adapted.model
     loss_fn = SpectralLoss(model.front_end)
     rng = np.random.default_rng(seed)
-    length = int(crop_seconds * codec.sample_rate)
-    held_back, _ = random_crops(clips, batch_size, length, np.random.default_rng(seed + 1))
-    start_loss = _held_back_loss(adapted, loss_fn, held_back)
+    sampler = _CropSampler(model, clips, batch_size, int(crop_seconds * codec.sample_rate))
+    held_back, held_back_codes = sampler.codes(np.random.default_rng(seed + 1))
+    start_loss = _held_back_loss(model, loss_fn, held_back, held_back_codes)
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=learning_rate, betas=(0.8, 0.99))
     started = time.perf_counter()
     for _ in range(steps):
-        batch, _ = random_crops(clips, batch_size, length, rng)
+        batch, codes = sampler.codes(rng)
         with torch.no_grad():  # the codes, and what they quantize to, stay as they are
-            quantized = model.dequantize(model.encode(batch))
+            quantized = model.dequantize(codes)
         model.decoder.train()
         loss = loss_fn(model.decoder(quantized), batch).total
         optimizer.zero_grad(set_to_none=True)
@@ -65,7 +87,7 @@ def adapt_decoder(codec: NeuralCodec, clips: list[np.ndarray], steps: int, batch
         optimizer.step()
     model.eval()
     result = DecoderAdaptation(adapted, steps, time.perf_counter() - started, start_loss,
-                               _held_back_loss(adapted, loss_fn, held_back))
+                               _held_back_loss(model, loss_fn, held_back, held_back_codes))
     log.info("codec decoder adapted in %d steps (%.0f s): reconstruction loss %.3f -> %.3f", steps, result.seconds,
              result.loss_start, result.loss_end)
     return result
