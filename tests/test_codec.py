@@ -44,13 +44,23 @@ def test_codec_follows_the_protocol_with_the_promised_shapes():
     codes = codec.encode(long)
     assert codes.dtype == torch.long and codes.shape == (8, -(-len(long) // 960))
     assert 0 <= int(codes.min()) and int(codes.max()) < 32
-    # Batched encoding masks the padding: each clip gets the codes it gets alone. (Not always bit for
-    # bit: batched matmuls round differently, and now and then a latent sits on a near-tie between two
-    # codes, which changes that frame's later codebooks too: one frame. Unmasked padding changes 3 of
-    # the short clip's 10 frames.)
+    # Batched encoding masks the padding: each clip's latents are those it gets alone, up to float
+    # rounding (about 1e-7), where unmasked padding moves the short clip's latents by about 2e-2.
+    model = codec.model.eval()
+    padded = torch.zeros(2, len(long))
+    padded[0, : len(short)], padded[1] = torch.from_numpy(short), torch.from_numpy(long)
+    with torch.inference_mode():
+        masked = model.encode_latents(padded, [len(short), len(long)])
+        unmasked = model.encode_latents(padded)
+        short_alone, long_alone = (model.encode_latents(torch.from_numpy(w)[None])[0] for w in (short, long))
+    frames = short_alone.shape[-1]
+    assert torch.allclose(masked[0, :, :frames], short_alone, atol=1e-5) and torch.allclose(masked[1], long_alone, atol=1e-5)
+    assert not torch.allclose(unmasked[0, :, :frames], short_alone, atol=1e-3)
+    # So the codes agree too, except where a latent sits on a near-tie between two codes, which rounding
+    # can tip (it changes that frame's later codebooks as well; seen on up to 2 of the short clip's 10 frames).
     batch = codec.encode_batch([short, long])
     for batched, alone in ((batch[0], codec.encode(short)), (batch[1], codes)):
-        assert batched.shape == alone.shape and (batched != alone).any(dim=0).sum() <= 1
+        assert batched.shape == alone.shape and (batched == alone).all(dim=0).float().mean() >= 0.7
     audio = codec.decode(codes)
     assert audio.dtype == np.float32 and audio.shape == (codes.shape[1] * 960,)
     assert codec.decode(codes[:1]).shape == audio.shape  # codebook 0 alone decodes too
