@@ -32,6 +32,10 @@ TOY = dict(speakers=2, codec_clips_per_speaker=5, clips_per_speaker=4, codec_min
 def recipe(tmp_path_factory, one_thread):
     work = tmp_path_factory.mktemp("base") / "run"
     config = BaseModelConfig(work=work, **TOY)
+    # A recipe killed before a training stage's first checkpoint leaves an empty checkpoints folder;
+    # the next run starts that stage over instead of failing on "nothing to resume".
+    for stage in ("model", "model-continued"):
+        (work / f"{stage}.checkpoints").mkdir(parents=True)
     return config, build_base_model(config)
 
 

@@ -132,8 +132,8 @@ def build_base_model(config: BaseModelConfig) -> Path:
     from tokentts.data.synthetic import SyntheticCorpusConfig, write_synthetic_corpus
     from tokentts.generation.engine import write_model_sampling
     from tokentts.training.config import FinetuneConfig
-    from tokentts.training.finetune import finetune
-    from tokentts.training.pretrain import PretrainConfig, checkpoint_dir, pretrain
+    from tokentts.training.finetune import finetune, last_checkpoint
+    from tokentts.training.pretrain import PretrainConfig, pretrain
 
     work = Path(config.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -172,8 +172,7 @@ def build_base_model(config: BaseModelConfig) -> Path:
         trim_silence=False,
     )
     if not _stage_done(work / "model", "config.json"):
-        resume = checkpoint_dir(pretrain_config).is_dir()
-        pretrain_config.resume = resume
+        pretrain_config.resume = last_checkpoint(pretrain_config) is not None
         timings.run("pretrain", lambda: pretrain(pretrain_config))
 
     final = work / "model"
@@ -185,7 +184,7 @@ def build_base_model(config: BaseModelConfig) -> Path:
                                       "max_steps": config.continue_steps, "learning_rate": config.continue_learning_rate,
                                       "warmup": 20, "resume": False})
         if not _stage_done(final, "config.json"):
-            continued.resume = checkpoint_dir(continued).is_dir()
+            continued.resume = last_checkpoint(continued) is not None
             timings.run("continue", lambda: finetune(continued))
 
     # The sampling the model is evaluated with becomes its default wherever it is used.

@@ -61,12 +61,18 @@ def checkpoint_dir(cfg: FinetuneConfig) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
 
+def last_checkpoint(cfg: FinetuneConfig) -> str | None:
+    """The interrupted run's latest checkpoint, if it saved one (a run killed early leaves an empty folder)."""
+    checkpoints = checkpoint_dir(cfg)
+    return get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+
+
 def _check_output(cfg: FinetuneConfig, state: PartialState) -> str | None:
     """The checkpoint to resume from, after refusing to clobber earlier work by accident."""
     out, checkpoints = Path(cfg.output_dir), checkpoint_dir(cfg)
     if out.exists() and not cfg.overwrite:
         raise TokenttsError(f"{out} already exists (pass --overwrite to replace it)")
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_checkpoint(cfg)
     if cfg.resume:
         if last is None:
             raise TokenttsError(f"nothing to resume: no checkpoint in {checkpoints}")

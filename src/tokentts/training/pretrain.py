@@ -34,7 +34,6 @@ from transformers import (
     PreTrainedTokenizerFast,
     TrainerCallback,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from tokentts.codecs.neural import NeuralCodec, load_codec
 from tokentts.codecs.neural.codec import CONFIG_FILE as NEURAL_CODEC_CONFIG
@@ -52,7 +51,7 @@ from tokentts.model.prompt import (
 from tokentts.model.tiny import CSM_CHAT_TEMPLATE, small_csm_config, tiny_mimi_config, tiny_tokenizer
 from tokentts.training.config import FinetuneConfig
 from tokentts.training.data import open_dataset
-from tokentts.training.finetune import FinetuneResult, checkpoint_dir, finetune
+from tokentts.training.finetune import FinetuneResult, checkpoint_dir, finetune, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +204,8 @@ def pretrain(cfg: PretrainConfig, callbacks: list[TrainerCallback] | None = None
         log.info("resuming the run that started from %s (its codec and sizes)", start)
     else:
         # Rebuilding the initial model under an interrupted run's checkpoints would make them unresumable.
-        checkpoints = checkpoint_dir(cfg)
-        if not cfg.overwrite and checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) is not None:
-            raise TokenttsError(f"{checkpoints} holds an interrupted run: pass --resume to continue it or --overwrite to start over")
+        if not cfg.overwrite and last_checkpoint(cfg) is not None:
+            raise TokenttsError(f"{checkpoint_dir(cfg)} holds an interrupted run: pass --resume to continue it or --overwrite to start over")
         open_dataset(cfg)  # bad data fails before a model is built
         state = PartialState(cpu=cfg.device == "cpu")  # under torchrun: one process builds, the others wait
         if state.is_main_process:
