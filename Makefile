@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tokentts demo
 
-# The embedded base model's recipe (about 2.5 h on a 2-core CPU): corpus, codec, pretraining,
+# The embedded base model's recipe (about 3.5 h on a 2-core CPU): corpus, codec, pretraining, continuation,
 # evaluation, then float16 weights + model card into src/tokentts/model/embedded.
 base-model: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/tokentts build-base --install

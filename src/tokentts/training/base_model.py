@@ -57,7 +57,7 @@ class BaseModelConfig:
     text_positions: str = field(default="timed", metadata={"help": "text positions: aligned, timed or sequential "
                                                                      "(see tokentts pretrain --help)"})
     steps: int = field(default=1200, metadata={"help": "pretraining optimizer steps"})
-    continue_steps: int = field(default=900, metadata={"help": "steps of a second training phase on the same "
+    continue_steps: int = field(default=1800, metadata={"help": "steps of a second training phase on the same "
                                                               "corpus after pretraining (0 = none)"})
     continue_learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate of that phase"})
     batch_size: int = field(default=16, metadata={"help": "pretraining clips per step"})
@@ -77,7 +77,7 @@ class BaseModelConfig:
                                                                     "there too"})
     # 30: with 10, the base's WER interval was 0.33 wide (single Whisper repetition loops swing the mean).
     eval_sentences: int = field(default=30, metadata={"help": "held-out sentences in the model card's evaluation"})
-    samples_per_sentence: int = field(default=2, metadata={"help": "samples per sentence and condition"})
+    samples_per_sentence: int = field(default=4, metadata={"help": "samples per sentence and condition"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda (pretraining); the recipe runs on CPU"})
     seed: int = field(default=0, metadata={"help": "seed of voices, sentences and training"})
 
