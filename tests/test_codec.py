@@ -46,7 +46,7 @@ def test_codec_follows_the_protocol_with_the_promised_shapes():
     assert 0 <= int(codes.min()) and int(codes.max()) < 32
     # Batched encoding masks the padding: each clip's latents are those it gets alone, up to float
     # rounding (about 1e-7), where unmasked padding moves the short clip's latents by about 2e-2.
-    model = codec.model.eval()
+    model = codec.model  # NeuralCodec keeps it in eval mode
     padded = torch.zeros(2, len(long))
     padded[0, : len(short)], padded[1] = torch.from_numpy(short), torch.from_numpy(long)
     with torch.inference_mode():
