@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install browser clean base-model
+.PHONY: demo test install browser flite clean base-model
 
 install: $(STAMP)
 
@@ -29,7 +29,12 @@ base-model: $(STAMP)
 browser:
 	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
-test: $(STAMP) browser
+# Flite's voices (CMU recordings of real speakers) for synthetic corpora (synth-corpus / build-base
+# --flite-voices): Debian's package.
+flite:
+	command -v flite >/dev/null || { apt-get update -q && apt-get install -y -q flite; }
+
+test: $(STAMP) browser flite
 	$(PY) -m pytest -q
 
 clean:

