@@ -63,6 +63,8 @@ def test_flite_voices_speak_the_text_at_the_asked_rate():
                                flite_clips_per_voice=1)
     with pytest.raises(TokenttsError, match="empty"):
         synthesize_flite(" ")
+    with pytest.raises(TokenttsError, match="must be positive"):
+        FliteVoice("rms", duration_stretch=0)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

@@ -245,6 +245,10 @@ class FliteVoice:
     name: str = "slt"
     duration_stretch: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not self.duration_stretch > 0:
+            raise TokenttsError(f"a Flite duration stretch must be positive, not {self.duration_stretch}")
+
 
 @lru_cache(maxsize=1)
 def flite_voices() -> tuple[str, ...]:
@@ -258,8 +262,10 @@ def flite_voices() -> tuple[str, ...]:
 def check_flite_voices(names: Sequence[str]) -> None:
     """Fail clearly unless Flite is installed and has every voice in `names` (Flite itself falls back
     to its default voice, silently, for a name it does not know)."""
+    if not names:
+        return
     available = flite_voices()
-    if names and not available:
+    if not available:
         raise TokenttsError("Flite is not installed: apt-get install flite (Debian/Ubuntu)")
     unknown = [name for name in names if name not in available]
     if unknown:
@@ -274,7 +280,9 @@ def synthesize_flite(text: str, voice: FliteVoice = FliteVoice(), sample_rate: i
     with tempfile.TemporaryDirectory() as folder:
         # Through a file: a text starting with "-" would read as an option after -t.
         (Path(folder) / "text.txt").write_text(text, encoding="utf-8")
-        subprocess.run(["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.duration_stretch:g}",
-                        "-f", str(Path(folder) / "text.txt"), "-o", str(Path(folder) / "speech.wav")],
-                       check=True, capture_output=True)
+        command = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.duration_stretch:g}",
+                   "-f", str(Path(folder) / "text.txt"), "-o", str(Path(folder) / "speech.wav")]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise TokenttsError(f"flite failed ({done.returncode}): {done.stderr.strip()[-200:]}")
         return load_audio(Path(folder) / "speech.wav", sample_rate=sample_rate)
