@@ -146,6 +146,8 @@ def test_flite_voices_join_the_synthetic_corpus_as_speakers_after_espeak():
                                    flite_clips_per_voice=2)
     # The eSpeak part does not change when voices are added; they say its sentences, as speakers 2 and 3.
     assert [(c.text, c.source) for c in clips[:6]] == [(c.text, c.source) for c in espeak_only]
+    # Each clip's length shows its drawn rate (+-15 %); eSpeak itself moves it by a few samples.
+    assert np.allclose([len(c.audio) for c in clips[:6]], [len(c.audio) for c in espeak_only], rtol=0.005)
     assert [(c.source, c.source_file) for c in clips[6:]] == [("2", "flite:slt")] * 2 + [("3", "flite:awb")] * 2
     assert {c.text for c in clips[6:]} <= {c.text for c in espeak_only}
     # Flite's silent edges are cut to a margin of 50 ms, near eSpeak's.

@@ -99,13 +99,11 @@ def build_synthetic_corpus(speakers: int, clips_per_speaker: int, seed: int = 0,
             spoken = EspeakVoice(voice.language, voice.variant, voice.pitch, rate, voice.pitch_range)
             audio = synthesize_espeak(text, spoken)
             clips.append(Clip(audio, text, str(index), 0.0, len(audio) / 24_000, f"espeak:{voice.name}:p{voice.pitch}"))
-    # A stream of its own, so that adding Flite voices leaves the eSpeak clips as they were.
-    flite_rng = random.Random(seed + 5)
     for index, name in enumerate(flite_voices, start=speakers):
         for _ in range(flite_clips_per_voice):
-            text = sentences[flite_rng.randrange(len(sentences))]
+            text = sentences[rng.randrange(len(sentences))]
             # Flite's clips start and end with silence that eSpeak's do not have; a timed model would learn it.
-            audio = trim_silence(synthesize_flite(text, FliteVoice(name, round(flite_rng.uniform(0.85, 1.15), 3))))
+            audio = trim_silence(synthesize_flite(text, FliteVoice(name, round(rng.uniform(0.85, 1.15), 3))))
             clips.append(Clip(audio, text, str(index), 0.0, len(audio) / 24_000, f"flite:{name}"))
     return clips
 
