@@ -19,7 +19,7 @@ from tokentts.generation import Generator, SamplingConfig
 from tokentts.generation.engine import model_sampling
 from tokentts.model import Segment, build_prompt, embed_prompt, embedded, load_model
 from tokentts.model.prompt import TextLayout
-from tokentts.training.base_model import BaseModelConfig, build_base_model, held_out_sentences
+from tokentts.training.base_model import BaseModelConfig, _loss_and_time, build_base_model, held_out_sentences
 
 # Five codec clips per speaker: the codec's 256 Whisper units need that many frames of speech.
 TOY = dict(speakers=2, flite_voices=["slt"], codec_clips_per_speaker=5, clips_per_speaker=4, codec_minutes=0.05,
@@ -73,6 +73,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
     assert "1 Flite voices (slt: CMU voices made from recordings of real speakers, 16 kHz) as speakers 2-2" in card
+    assert "codec: 15 clips" in card and "resumed" not in card  # 3 speakers x 5; no phase was interrupted
     assert "temperature 0.7 for codebook 0 and 0.2 for the depth decoder" in card and "train-codec`, 0.05 min" in card
     # Codebook 0 is Whisper units: the packaged codec keeps its centroids, and the card says so.
     assert load_file(str(packaged / "codec" / "model.safetensors"))["unit_centroids"].shape == (256, 384)
@@ -135,6 +136,13 @@ def test_a_trained_codec_is_reused_and_still_reported(recipe, tmp_path):
     # the model carries the reused codec's weights
     assert (packaged / "codec" / "model.safetensors").is_file()
     assert "reused from an earlier build" in (packaged / "README.md").read_text()
+
+
+def test_the_card_says_which_steps_a_resumed_phase_covers():
+    resumed = {"train_loss": 4.7669, "train_seconds": 2961.5, "steps": 1200, "resumed_from_step": 200}
+    assert _loss_and_time(resumed) == ("4.767; 49 min (both of steps 201-1200: the phase was resumed from its "
+                                       "checkpoint 200, and stage times count only finished runs)")
+    assert _loss_and_time({**resumed, "resumed_from_step": 0}) == "4.767; 49 min"
 
 
 def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp_path):

@@ -48,14 +48,15 @@ class BaseModelConfig:
                                                            "(tokentts/model/embedded), where commands find it"})
     speakers: int = field(default=40, metadata={"help": "eSpeak speakers (accent, variant, pitch, rate)"})
     # eSpeak's voices are all far from a natural one (BENCHMARKS.md: cloning Piper Joe needs voices near his).
-    flite_voices: list[str] = field(default_factory=list, metadata={
+    flite_voices: list[str] = field(default_factory=lambda: ["awb", "rms", "slt", "kal16"], metadata={
         "help": "Flite voices (recordings of real speakers; apt-get install flite) added to both corpora as "
-                "speakers after the eSpeak ones, e.g. awb rms slt kal16"})
+                "speakers after the eSpeak ones (none: flite_voices = [] in a --config file)"})
     codec_clips_per_speaker: int = field(default=50, metadata={"help": "sentences per speaker for the codec"})
     clips_per_speaker: int = field(default=200, metadata={"help": "sentences per speaker for the model"})
     codec_minutes: float = field(default=29.0, metadata={"help": "codec training time"})
-    codec_whisper_units: bool = field(default=False, metadata={"help": "the codec's codebook 0 = Whisper units "
-                                                                         "(see tokentts train-codec --help)"})
+    # Units: a speaker-invariant codebook 0, so a model reads in voices it has not heard (BENCHMARKS.md, b13).
+    codec_whisper_units: bool = field(default=True, metadata={"help": "the codec's codebook 0 = Whisper units "
+                                                                        "(see tokentts train-codec --help)"})
     codec: Path | None = field(default=None, metadata={"help": "a trained codec folder (train-codec's codec/) to use "
                                                               "instead of training one; it is still reported on"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
@@ -75,8 +76,9 @@ class BaseModelConfig:
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     num_layers: int = field(default=6, metadata={"help": "backbone layers"})
-    depth_hidden_size: int = field(default=192, metadata={"help": "depth-decoder width"})
-    depth_layers: int = field(default=2, metadata={"help": "depth-decoder layers"})
+    # With units in codebook 0 the depth decoder carries the voice and much of the phone: it is the bottleneck.
+    depth_hidden_size: int = field(default=256, metadata={"help": "depth-decoder width"})
+    depth_layers: int = field(default=3, metadata={"help": "depth-decoder layers"})
     temperature: float = field(default=0.6, metadata={"help": "codebook-0 sampling temperature, written into the "
                                                               "model's generation_config.json (its default)"})
     depth_temperature: float = field(default=0.1, metadata={"help": "depth-decoder sampling temperature, written "
@@ -253,6 +255,14 @@ def package(config: BaseModelConfig, work: Path, model_dir: Path, timings: dict[
     return packaged
 
 
+def _loss_and_time(metrics: dict[str, Any]) -> str:
+    """A training phase's mean loss and time, saying which steps they cover when the phase was resumed."""
+    text = f"{metrics['train_loss']:.3f}; {metrics['train_seconds'] / 60:.0f} min"
+    resumed = metrics.get("resumed_from_step", 0)
+    return text + (f" (both of steps {resumed + 1}-{metrics['steps']}: the phase was resumed from its checkpoint "
+                   f"{resumed}, and stage times count only finished runs)" if resumed else "")
+
+
 def _estimate(summary: dict[str, Any], key: str) -> str:
     value = summary.get(key)
     if not value:
@@ -286,7 +296,7 @@ def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: di
     verdict = "meets" if base_wer - recorded_wer <= WER_MARGIN else "does NOT meet"
     continued_line = (f"\n- Then {continued['steps']} more steps on the same corpus (`finetune --method full`), peak "
                       f"learning rate {config.continue_learning_rate:g}, cosine; mean train loss "
-                      f"{continued['train_loss']:.3f}; {continued['train_seconds'] / 60:.0f} min." if continued else "")
+                      f"{_loss_and_time(continued)}." if continued else "")
     flite_line = ""
     if config.flite_voices:
         voices, last = config.flite_voices, config.speakers + len(config.flite_voices) - 1
@@ -322,7 +332,7 @@ production voice: it speaks the vocabulary of its training sentences best.
 ## Data
 - {config.speakers} eSpeak NG speakers (accents x voice variants, pitch, pitch range, base rate), each
   speaking rate varied by +-15 % per sentence; sentences from the grammar in `tokentts.data.synthetic`.
-- Model: {metrics['data']['train_clips']} clips, {corpus_hours:.1f} h; codec: {config.speakers * config.codec_clips_per_speaker} clips
+- Model: {metrics['data']['train_clips']} clips, {corpus_hours:.1f} h; codec: {(config.speakers + len(config.flite_voices)) * config.codec_clips_per_speaker} clips
   of the same speakers.{flite_line}
 
 ## Training
@@ -330,7 +340,7 @@ production voice: it speaks the vocabulary of its training sentences best.
   {intelligibility.get('wer_reconstructed', float('nan')):.3f} vs {intelligibility.get('wer_original', float('nan')):.3f} for the originals
   ({intelligibility.get('asr', 'n/a')}).
 - Model: `tokentts pretrain`, {metrics['steps']} steps of {config.batch_size} clips, AdamW, peak learning rate
-  {config.learning_rate:g}, cosine; mean train loss {metrics['train_loss']:.3f}; {metrics['train_seconds'] / 60:.0f} min.{continued_line}
+  {config.learning_rate:g}, cosine; mean train loss {_loss_and_time(metrics)}.{continued_line}
 - Wall time per stage on the build machine ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}): {stage_times}.
 
 ## Evaluation
@@ -346,8 +356,8 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 {recorded_wer:.3f}: the model **{verdict}** it.
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`),
-its speech moves to that voice; its own cloning from a context clip does not. Figures in the
-project's BENCHMARKS.md.
+its speech moves to that voice. Cloning from a context clip of that voice moves it too, much less
+far. Figures in the project's BENCHMARKS.md.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install

@@ -242,15 +242,19 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
                                    seed=cfg.seed)
 
     train_audio_seconds = sum(clip.codes.shape[1] for clip in train_set.clips) / codec.frame_rate
+    # A resumed run's loss and time cover only the steps after its checkpoint (transformers names it checkpoint-STEP).
+    resumed_from_step = int(Path(resume_from).name.rsplit("-", 1)[-1]) if resume_from else 0
+    epochs_run = trainer.state.epoch * (1 - resumed_from_step / max(trainer.state.global_step, 1))
     trainable, total = trainable_parameters(model)
     metrics = {
         "train_loss": train_output.training_loss,
         "eval_loss_start": eval_start,
         "eval_loss": eval_end,
         "steps": trainer.state.global_step,
+        "resumed_from_step": resumed_from_step,
         "epochs": trainer.state.epoch,
         "train_seconds": round(seconds, 2),
-        "train_audio_seconds_per_second": round(train_audio_seconds * trainer.state.epoch / seconds, 3),
+        "train_audio_seconds_per_second": round(train_audio_seconds * epochs_run / seconds, 3),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "data": {
