@@ -21,10 +21,10 @@ from tokentts.model import Segment, build_prompt, embed_prompt, embedded, load_m
 from tokentts.model.prompt import TextLayout
 from tokentts.training.base_model import BaseModelConfig, _loss_and_time, build_base_model, held_out_sentences
 
-# Five codec clips per speaker: the codec's 256 Whisper units need that many frames of speech.
+# Five codec clips per speaker: the codec's 128 Whisper units need that many frames of speech.
 TOY = dict(speakers=2, flite_voices=["slt"], codec_clips_per_speaker=5, clips_per_speaker=4, codec_minutes=0.05,
            codec_eval_clips=2,
-           codec_whisper_units=True,
+           codec_whisper_units=True, codec_codebook_size=128,
            steps=6, continue_steps=3, batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
            hidden_size=64, num_layers=2,
            depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1, temperature=0.7,
@@ -76,7 +76,8 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "codec: 15 clips" in card and "resumed" not in card  # 3 speakers x 5; no phase was interrupted
     assert "temperature 0.7 for codebook 0 and 0.2 for the depth decoder" in card and "train-codec`, 0.05 min" in card
     # Codebook 0 is Whisper units: the packaged codec keeps its centroids, and the card says so.
-    assert load_file(str(packaged / "codec" / "model.safetensors"))["unit_centroids"].shape == (256, 384)
+    assert load_file(str(packaged / "codec" / "model.safetensors"))["unit_centroids"].shape == (128, 384)
+    assert "8 codebooks\n  of 128" in card
     assert "Codebook 0 is k-means units of the bundled Whisper tiny.en" in card
 
 

@@ -57,6 +57,8 @@ class BaseModelConfig:
     # Units: a speaker-invariant codebook 0, so a model reads in voices it has not heard (BENCHMARKS.md, b13).
     codec_whisper_units: bool = field(default=True, metadata={"help": "the codec's codebook 0 = Whisper units "
                                                                         "(see tokentts train-codec --help)"})
+    codec_codebook_size: int = field(default=256, metadata={"help": "codes per codebook (and Whisper units, with "
+                                                                      "--codec-whisper-units)"})
     codec: Path | None = field(default=None, metadata={"help": "a trained codec folder (train-codec's codec/) to use "
                                                               "instead of training one; it is still reported on"})
     codec_eval_clips: int = field(default=30, metadata={"help": "codec-corpus clips held out for the codec's report"})
@@ -159,7 +161,8 @@ def build_base_model(config: BaseModelConfig) -> Path:
 
     codec_run = work / "codec-run"
     codec_config = TrainCodecConfig(corpus=work / "codec-corpus", out=codec_run, max_minutes=config.codec_minutes,
-                                    whisper_units=config.codec_whisper_units, eval_clips=config.codec_eval_clips,
+                                    whisper_units=config.codec_whisper_units, codebook_size=config.codec_codebook_size,
+                                    eval_clips=config.codec_eval_clips,
                                     seed=config.seed)
     if config.codec is not None:
         if not _stage_done(codec_run, "report.json"):
