@@ -11,6 +11,7 @@ from tokentts.audio.synth import (
     flite_voices,
     synthesize_espeak,
     synthesize_flite,
+    synthesize_piper,
 )
 from tokentts.cli import main
 from tokentts.data.synthetic import build_synthetic_corpus
@@ -65,6 +66,16 @@ def test_flite_voices_speak_the_text_at_the_asked_rate():
         synthesize_flite(" ")
     with pytest.raises(TokenttsError, match="must be positive"):
         FliteVoice("rms", duration_stretch=0)
+
+
+def test_piper_repeats_a_seeded_clip_and_varies_an_unseeded_one():
+    text = "We counted five birds while the wind swept over the hospital."
+    first, again = synthesize_piper(text, seed=3), synthesize_piper(text, seed=3)
+    assert np.array_equal(first, again)
+    # Piper samples its prosody: other seeds, or none, give other takes of the same sentence.
+    assert not np.array_equal(first, synthesize_piper(text, seed=4))
+    assert not np.array_equal(synthesize_piper(text), synthesize_piper(text))
+    assert len(first) > 24000  # a 2-3 s sentence at 24 kHz
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

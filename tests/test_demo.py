@@ -2,12 +2,14 @@
 
 import json
 
+from tokentts.audio import write_audio
+from tokentts.audio.synth import synthesize_piper
 from tokentts.cli import main
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--train-sentences", "10", "--test-sentences", "1",
+    code = main(["demo", "--out", str(out), "--train-sentences", "10", "--test-sentences", "1", "--target-clips", "1",
                  "--samples-per-sentence", "1", "--max-steps", "6", "--codec-decoder-steps", "5", "--max-seconds", "2"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -28,3 +30,15 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert [c["name"] for c in report["conditions"]] == ["base", "base + clone", "fine-tuned", "fine-tuned + clone"]
     assert (out / "report" / "report.html").stat().st_size > 10_000
     assert json.loads((out / "config.json").read_text())["max_steps"] == 6
+    # Similarity is measured against the reference clip and one more held-out clip of the voice, not a test sentence.
+    targets = [out / "reference.wav", out / "target-00.wav"]
+    assert report["config"]["target_clips"] == [str(p) for p in targets] and all(p.is_file() for p in targets)
+    # The target voice is seeded: a rerun with the same --seed records the very same reference clip.
+    reference_text = (out / "reference.txt").read_text().strip()
+    again = write_audio(tmp_path / "again.wav", synthesize_piper(reference_text, seed=0))
+    assert again.read_bytes() == (out / "reference.wav").read_bytes()
+
+
+def test_demo_rejects_a_bad_count_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--target-clips", "-1"]) != 0
+    assert "target_clips at least 0" in capsys.readouterr().err and not (tmp_path / "demo").exists()

