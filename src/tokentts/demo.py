@@ -57,7 +57,8 @@ class DemoConfig:
     overwrite: bool = field(default=True, metadata={"help": "replace an earlier demo folder"})
 
     def __post_init__(self) -> None:
-        if min(self.train_sentences, self.test_sentences, self.samples_per_sentence, self.max_steps) < 1 or self.target_clips < 0:
+        counts = (self.train_sentences, self.test_sentences, self.samples_per_sentence, self.max_steps)
+        if min(counts) < 1 or self.target_clips < 0:
             raise ValueError("train_sentences, test_sentences, samples_per_sentence and max_steps must be at least 1 "
                              "(target_clips at least 0)")
 

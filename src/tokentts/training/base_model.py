@@ -359,8 +359,8 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 {recorded_wer:.3f}: the model **{verdict}** it.
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`),
-its speech moves to that voice. Cloning from a context clip of that voice moves it too, much less
-far. Figures in the project's BENCHMARKS.md.
+its speech moves to that voice. Cloning from a context clip of that voice moves it far less, and not
+reliably: towards the voice with one clip, away from it with another. Figures in the project's BENCHMARKS.md.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install
