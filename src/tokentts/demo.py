@@ -112,9 +112,8 @@ def run_demo(config: DemoConfig) -> Path:
     # The seed offset keeps the demo's script apart from the synthetic pretraining corpus's sentences.
     script = synthetic_sentences(config.train_sentences + 1 + config.target_clips + config.test_sentences,
                                  seed=10_000 + config.seed)
-    train, reference_text = script[: config.train_sentences], script[config.train_sentences]
-    target_texts = script[config.train_sentences + 1: config.train_sentences + 1 + config.target_clips]
-    test = script[config.train_sentences + 1 + config.target_clips:]
+    train, (reference_text, *held_out) = script[: config.train_sentences], script[config.train_sentences:]
+    target_texts, test = held_out[: config.target_clips], held_out[config.target_clips:]
 
     started = _stage(1, f"target voice: {voice} reads {len(train)} sentences")
     recording = make_recording(train, config.seed)
