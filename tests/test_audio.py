@@ -14,7 +14,7 @@ from tokentts.audio.synth import (
     synthesize_piper,
 )
 from tokentts.cli import main
-from tokentts.data.synthetic import build_synthetic_corpus
+from tokentts.data.synthetic import build_synthetic_corpus, shifted_flite_clips, synthetic_sentences
 from tokentts.errors import TokenttsError
 
 
@@ -66,6 +66,73 @@ def test_flite_voices_speak_the_text_at_the_asked_rate():
         synthesize_flite(" ")
     with pytest.raises(TokenttsError, match="must be positive"):
         FliteVoice("rms", duration_stretch=0)
+
+
+def _median_pitch_hz(wav: np.ndarray, sample_rate: int = 24000) -> float:
+    """Autocorrelation pitch (60-400 Hz) of the loudest 40 ms frames."""
+    n = int(0.04 * sample_rate)
+    frames = [wav[i:i + n] - wav[i:i + n].mean() for i in range(0, len(wav) - n, n // 2)]
+    levels = [np.sqrt(np.mean(f ** 2)) for f in frames]
+    lags = np.arange(sample_rate // 400, sample_rate // 60)
+    pitches = [sample_rate / lags[np.argmax(np.correlate(f, f, "full")[n - 1:][lags])]
+               for f, level in zip(frames, levels) if level > 0.3 * max(levels)]
+    return float(np.median(pitches))
+
+
+def _spectral_centroid_hz(wav: np.ndarray, sample_rate: int = 24000) -> float:
+    spectrum = np.abs(np.fft.rfft(wav))
+    return float((spectrum * np.fft.rfftfreq(len(wav), 1 / sample_rate)).sum() / spectrum.sum())
+
+
+def test_a_flite_voice_shifted_in_vocal_tract_and_pitch_keeps_its_rate():
+    text = "Twelve boats waited near the harbour."
+    plain = synthesize_flite(text, FliteVoice("kal16"))
+    smaller = synthesize_flite(text, FliteVoice("kal16", vocal_tract=1.12, pitch_hz=100))
+    larger = synthesize_flite(text, FliteVoice("kal16", vocal_tract=0.88, pitch_hz=100))
+    for shifted in (smaller, larger):  # the rate is kept, and the asked pitch (kal16's own is about 100 Hz)
+        assert 0.95 < len(shifted) / len(plain) < 1.05
+        assert 90 < _median_pitch_hz(shifted) < 120
+    # the formants move by the factor
+    assert 1.07 < _spectral_centroid_hz(smaller) / _spectral_centroid_hz(plain) < 1.17
+    assert 0.8 < _spectral_centroid_hz(larger) / _spectral_centroid_hz(plain) < 0.93
+    low, high = (synthesize_flite(text, FliteVoice("kal16", pitch_hz=hz)) for hz in (80, 140))
+    assert _median_pitch_hz(high) > 1.4 * _median_pitch_hz(low)
+    # with no pitch given, the voice's own moves with the formants
+    assert _median_pitch_hz(synthesize_flite(text, FliteVoice("slt", vocal_tract=0.88))) < 0.93 * _median_pitch_hz(
+        synthesize_flite(text, FliteVoice("slt")))
+    with pytest.raises(TokenttsError, match="must be positive"):
+        FliteVoice("kal16", vocal_tract=0)
+
+
+def test_shifted_flite_speakers_are_new_voices_saying_further_sentences():
+    from tokentts.evaluation.metrics import SpeakerEncoder, cosine
+
+    clips = shifted_flite_clips(["kal16", "slt"], speakers_per_voice=2, clips_per_speaker=2, first_speaker=5,
+                                first_sentence=300, seed=3)
+    assert [c.source for c in clips] == ["5", "5", "6", "6", "7", "7", "8", "8"]
+    assert [c.source_file.split(":")[1] for c in clips] == ["kal16"] * 4 + ["slt"] * 4
+    # each speaker keeps its own vocal tract and pitch; the sentences come from the asked place on
+    shifts = [c.source_file.split(":", 2)[2] for c in clips]
+    assert shifts[0::2] == shifts[1::2] and len(set(shifts)) == 4
+    assert {c.text for c in clips} <= set(synthetic_sentences(20_300, seed=3)[300:])
+    assert all(c.end == len(c.audio) / 24000 > 1.0 for c in clips)
+    again = shifted_flite_clips(["kal16", "slt"], 2, 2, 5, 300, seed=3)
+    assert all(np.array_equal(a.audio, b.audio) and a.text == b.text for a, b in zip(clips, again))
+    # To a speaker encoder, shifting kal16's vocal tract by 0.88 and by 1.12 makes two other voices.
+    # (Speaker embeddings of two sentences each; kal16's own two pairs agree at about 0.95.)
+    encoder, texts = SpeakerEncoder(), synthetic_sentences(4, seed=5)
+
+    def voice_of(voice: FliteVoice, pair: list[str]) -> np.ndarray:
+        return encoder.embed_speaker([synthesize_flite(text, voice) for text in pair])
+
+    plain = voice_of(FliteVoice("kal16"), texts[:2])
+    shifted = [voice_of(FliteVoice("kal16", vocal_tract=vt, pitch_hz=100), texts[2:]) for vt in (0.88, 1.12)]
+    assert cosine(plain, voice_of(FliteVoice("kal16"), texts[2:])) > 0.9
+    assert max(cosine(plain, s) for s in shifted) < 0.85
+    with pytest.raises(TokenttsError, match="no pitch is known for Flite voice kal "):
+        shifted_flite_clips(["kal"], 1, 1, 0, 0)
+    with pytest.raises(TokenttsError, match="at least one speaker"):
+        shifted_flite_clips(["slt"], 0, 1, 0, 0)
 
 
 def test_piper_repeats_a_seeded_clip_and_varies_an_unseeded_one():

@@ -14,6 +14,7 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from tokentts.cli import main
+from tokentts.data.synthetic import synthetic_sentences
 from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
 from tokentts.generation.engine import model_sampling
@@ -25,7 +26,8 @@ from tokentts.training.base_model import BaseModelConfig, _loss_and_time, build_
 TOY = dict(speakers=2, flite_voices=["slt"], codec_clips_per_speaker=5, clips_per_speaker=4, codec_minutes=0.05,
            codec_eval_clips=2,
            codec_whisper_units=True, codec_codebook_size=128,
-           steps=6, continue_steps=3, batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
+           steps=6, continue_steps=3, shifted_speakers_per_voice=1, shifted_clips_per_speaker=2, voices_steps=2,
+           batch_size=4, text_positions="timed", context_speaker_swap=0.5, input_code_noise=0.3,
            hidden_size=64, num_layers=2,
            depth_hidden_size=32, depth_layers=1, eval_sentences=2, samples_per_sentence=1, temperature=0.7,
            depth_temperature=0.2)
@@ -37,7 +39,7 @@ def recipe(tmp_path_factory, one_thread):
     config = BaseModelConfig(work=work, **TOY)
     # A recipe killed before a training stage's first checkpoint leaves an empty checkpoints folder;
     # the next run starts that stage over instead of failing on "nothing to resume".
-    for stage in ("model", "model-continued"):
+    for stage in ("model", "model-continued", "model-voices"):
         (work / f"{stage}.checkpoints").mkdir(parents=True)
     return config, build_base_model(config)
 
@@ -47,11 +49,22 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     work = config.work
     for folder, marker in [("codec-corpus", "dataset_info.json"), ("corpus", "dataset_info.json"),
                            ("codec-run/codec", "codec_config.json"), ("model", "config.json"),
-                           ("model-continued", "config.json"), ("evaluation", "report.json")]:
+                           ("model-continued", "config.json"), ("voices-corpus", "dataset_info.json"),
+                           ("model-voices", "config.json"), ("evaluation", "report.json")]:
         assert (work / folder / marker).is_file(), folder
     timings = json.loads((work / "timings.json").read_text())
-    assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "continue", "evaluate", "package"}
+    assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "continue", "voices-corpus", "voices",
+                            "evaluate", "package"}
     assert json.loads((work / "model-continued" / "metrics.json").read_text())["steps"] == 3
+    # The voices phase: the corpus, then one speaker shifted from slt saying 2 sentences past the held-out ones.
+    voices_corpus = load_from_disk(str(work / "voices-corpus"))
+    corpus_rows = load_from_disk(str(work / "corpus"))
+    assert voices_corpus["text"][:12] == corpus_rows["text"] and voices_corpus["source"][12:] == ["3", "3"]
+    assert voices_corpus["source_file"][12].startswith("flite:slt:vt")
+    assert set(voices_corpus["text"][12:]) <= set(synthetic_sentences(20_013)[13:])
+    voices = json.loads((work / "model-voices" / "finetune_config.json").read_text())
+    assert (voices["model"], voices["max_steps"], voices["context_probability"], voices["context_speaker_swap"],
+            voices["seed"]) == (str(work / "model-continued"), 2, 0.6, 0.7, 1)
     # The Flite voice is speaker 2 of both corpora, as many clips as an eSpeak speaker.
     for corpus, clips in (("codec-corpus", 5), ("corpus", 4)):
         sources = load_from_disk(str(work / corpus))["source"]
@@ -61,7 +74,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
         0.5, 0.3, "timed")
     report = json.loads((work / "evaluation" / "report.json").read_text())
     # the recipe's sampling is the model's default, and the evaluation ran with it
-    assert model_sampling(load_model(work / "model-continued").model) == {"temperature": 0.7, "depth_temperature": 0.2}
+    assert model_sampling(load_model(work / "model-voices").model) == {"temperature": 0.7, "depth_temperature": 0.2}
     assert (report["config"]["temperature"], report["config"]["depth_temperature"]) == (0.7, 0.2)
     assert [c["name"] for c in report["conditions"]] == ["recordings", "base", "base + clone"]
     assert report["sentences"] == held_out_sentences(config)[1:]
@@ -72,6 +85,8 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "does NOT meet" in card and f"{wers['recordings']:.3f}" in card and "*timed* layout" in card
     assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
+    assert "Then 2 steps with the shifted Flite speakers added" in card
+    assert "1 speakers made from each Flite voice (speakers 3-3)" in card
     assert "1 Flite voices (slt: CMU voices made from recordings of real speakers, 16 kHz) as speakers 2-2" in card
     assert "codec: 15 clips" in card and "resumed" not in card  # 3 speakers x 5; no phase was interrupted
     assert "temperature 0.7 for codebook 0 and 0.2 for the depth decoder" in card and "train-codec`, 0.05 min" in card
@@ -96,8 +111,8 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in packaged.rglob("*") if p.is_file())
     assert {t.dtype for t in load_file(str(packaged / "codec" / "model.safetensors")).values()
             if t.is_floating_point()} == {torch.float16}
-    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-continued")
-    full, half = load_model(config.work / "model-continued", device="cpu"), load_model(packaged, device="cpu")
+    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-voices")
+    full, half = load_model(config.work / "model-voices", device="cpu"), load_model(packaged, device="cpu")
     assert half.model.dtype == torch.float32 and TextLayout.of(half.model.config).timed
     # float16 storage moves each weight by < 0.1 %: the next-frame logits barely move.
     prompt = build_prompt([Segment("0", held_out_sentences(config)[1])], full)
@@ -128,7 +143,7 @@ def test_a_trained_codec_is_reused_and_still_reported(recipe, tmp_path):
     config, _ = recipe
     codec = config.work / "codec-run" / "codec"
     work = tmp_path / "reuse"
-    packaged = build_base_model(BaseModelConfig(work=work, codec=codec, **{**TOY, "continue_steps": 0}))
+    packaged = build_base_model(BaseModelConfig(work=work, codec=codec, **{**TOY, "continue_steps": 0, "voices_steps": 0}))
     assert set(json.loads((work / "timings.json").read_text())) == {
         "codec-corpus", "corpus", "codec-report", "pretrain", "evaluate", "package"}
     report = json.loads((work / "codec-run" / "report.json").read_text())
@@ -157,10 +172,18 @@ def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp
                                              (["--context-speaker-swap", "1.5"], "must be in \\[0, 1\\]"),
                                              (["--codec", "/no/codec"], "not a codec folder"),
                                              (["--depth-temperature", "0"], "must be > 0"),
-                                             (["--flite-voices", "nobody"], "Flite has no voice 'nobody'")])
+                                             (["--flite-voices", "nobody"], "Flite has no voice 'nobody'"),
+                                             (["--flite-voices", "kal"], "no pitch is known for Flite voice kal"),
+                                             (["--voices-context-probability", "2"], "must be in \\[0, 1\\]")])
 def test_cli_refuses_a_bad_recipe_before_any_stage(tmp_path, capsys, flags, message):
     import re
 
     assert main(["build-base", "--work", str(tmp_path / "w"), *flags]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "w").exists()
+
+
+def test_the_voices_phase_needs_flite_voices_to_shift():
+    with pytest.raises(ValueError, match="give --flite-voices, or --voices-steps 0"):
+        BaseModelConfig(flite_voices=[])
+    assert not BaseModelConfig(flite_voices=[], voices_steps=0).voices_phase

@@ -55,6 +55,24 @@ def test_wer_is_low_for_espeak_of_the_text_and_high_for_shuffled_text(asr):
     assert word_errors(shuffled, heard[0]).wer > 0.6
 
 
+def test_a_looping_transcript_is_decoded_again_without_the_loop(asr):
+    from tokentts.asr import transcribe
+    from tokentts.audio import SAMPLE_RATE
+    from tokentts.evaluation.metrics import SCORING_PAD_SECONDS, compression_ratio
+
+    sung = synthesize_espeak("la " * 16)
+    # tiny.en at temperature 0 hears far more than was said: a loop that would cost a WER of several.
+    looped = transcribe(asr, sung, word_timestamps=False, vad=False, language="en", temperature=0.0).text
+    assert compression_ratio(looped) > 2.4 and len(looped.split()) > 48
+    scored = transcribe_for_scoring(asr, sung)
+    assert compression_ratio(scored) < 2.4 and word_errors("la " * 16, scored).wer <= 1.0
+    assert transcribe_for_scoring(asr, sung) == scored  # still deterministic
+    # A transcript that does not loop is the plain beam search's.
+    speech = synthesize_espeak(SENTENCE)
+    assert transcribe_for_scoring(asr, speech) == transcribe(
+        asr, np.pad(speech, int(SCORING_PAD_SECONDS * SAMPLE_RATE)), word_timestamps=False, vad=False, language="en", temperature=0.0).text
+
+
 def test_wer_normalises_written_forms_and_counts_errors():
     assert word_errors("Mr. Smith paid $20 for 2 apples.", "mister smith paid twenty dollars for two apples").wer == 0
     errors = word_errors("the cat sat down", "the hat sat")

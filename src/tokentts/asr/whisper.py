@@ -144,12 +144,14 @@ def transcribe(
     language: str | None = None,
     beam_size: int = 5,
     temperature: float | tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    no_repeat_ngram_size: int = 0,
 ) -> Transcript:
     """Transcribe mono float audio; times in the result are seconds on the input's own timeline.
 
     `temperature=0.0` makes one deterministic pass: faster-whisper's fallback to higher
     temperatures samples without a seed, so hard clips (noise, babble) transcribe differently
     on every run; scoring needs the single pass, data preparation the robustness of the fallback.
+    `no_repeat_ngram_size=n` bars the decoder from saying any n words twice.
     """
     wav = np.asarray(wav, dtype=np.float32).reshape(-1)
     duration = len(wav) / sample_rate
@@ -165,6 +167,7 @@ def transcribe(
             language=language,
             beam_size=beam_size,
             temperature=temperature,
+            no_repeat_ngram_size=no_repeat_ngram_size,
             word_timestamps=word_timestamps,
             vad_filter=vad,
             vad_parameters=vad_parameters if vad else None,

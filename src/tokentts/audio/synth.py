@@ -254,14 +254,24 @@ FLITE_VOICES = ("awb", "rms", "slt", "kal16")
 
 @dataclass(frozen=True)
 class FliteVoice:
-    """A Flite voice (`flite -lv` lists them) and a speaking-rate factor (above 1 is slower)."""
+    """A Flite voice (`flite -lv` lists them), a speaking-rate factor (above 1 is slower) and, to make
+    new speakers of it, a vocal-tract factor and a mean pitch.
+
+    The vocal-tract factor scales formants (above 1 a shorter tract: a smaller speaker). Flite speaks
+    the text that much slower (and lower, with a pitch given), and the audio is played back that much
+    faster, so rate and pitch come out as asked while every formant moves by the factor. With no
+    pitch given, the voice's own pitch moves with the formants.
+    """
 
     name: str = "slt"
     duration_stretch: float = 1.0
+    vocal_tract: float = 1.0
+    pitch_hz: float | None = None  # mean pitch (Flite's int_f0_target_mean; voice rms ignores it); None: the voice's
 
     def __post_init__(self) -> None:
-        if not self.duration_stretch > 0:
-            raise TokenttsError(f"a Flite duration stretch must be positive, not {self.duration_stretch}")
+        if not (self.duration_stretch > 0 and self.vocal_tract > 0 and (self.pitch_hz is None or self.pitch_hz > 0)):
+            raise TokenttsError(f"a Flite duration stretch, vocal-tract factor and pitch must be positive, not "
+                                f"{self.duration_stretch}, {self.vocal_tract} and {self.pitch_hz}")
 
 
 @lru_cache(maxsize=1)
@@ -294,9 +304,15 @@ def synthesize_flite(text: str, voice: FliteVoice = FliteVoice(), sample_rate: i
     with tempfile.TemporaryDirectory() as folder:
         # Through a file: a text starting with "-" would read as an option after -t.
         (Path(folder) / "text.txt").write_text(text, encoding="utf-8")
-        command = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.duration_stretch:g}",
-                   "-f", str(Path(folder) / "text.txt"), "-o", str(Path(folder) / "speech.wav")]
+        command = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.duration_stretch * voice.vocal_tract:.3f}"]
+        if voice.pitch_hz is not None:
+            command += ["--setf", f"int_f0_target_mean={voice.pitch_hz / voice.vocal_tract:.1f}"]
+        command += ["-f", str(Path(folder) / "text.txt"), "-o", str(Path(folder) / "speech.wav")]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             raise TokenttsError(f"flite failed ({done.returncode}): {done.stderr.strip()[-200:]}")
-        return load_audio(Path(folder) / "speech.wav", sample_rate=sample_rate)
+        audio = load_audio(Path(folder) / "speech.wav", sample_rate=sample_rate)
+    if voice.vocal_tract == 1:
+        return audio
+    # Read as if recorded at a rate `vocal_tract` times higher: every frequency and the tempo scale by it.
+    return resample(audio, int(round(sample_rate * voice.vocal_tract)), sample_rate)

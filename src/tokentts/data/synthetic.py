@@ -108,6 +108,60 @@ def build_synthetic_corpus(speakers: int, clips_per_speaker: int, seed: int = 0,
     return clips
 
 
+# The mean pitch (Hz) around which each Flite voice's shifted speakers draw theirs.
+FLITE_PITCH_HZ = {"awb": 110.0, "rms": 100.0, "slt": 170.0, "kal16": 100.0}
+
+
+def check_pitches_known(flite_voices: Sequence[str]) -> None:
+    unknown = [name for name in flite_voices if name not in FLITE_PITCH_HZ]
+    if unknown:
+        raise TokenttsError(f"no pitch is known for Flite voice {', '.join(unknown)} to shift speakers from "
+                            f"(known: {', '.join(FLITE_PITCH_HZ)})")
+
+
+def shifted_flite_clips(flite_voices: Sequence[str], speakers_per_voice: int, clips_per_speaker: int,
+                        first_speaker: int, first_sentence: int, seed: int = 0) -> list[Clip]:
+    """New speakers made from Flite's recorded voices: each draws a vocal-tract factor (0.88-1.12) and a
+    mean pitch (0.85-1.2 times its voice's) and says `clips_per_speaker` sentences of the grammar from
+    `first_sentence` on, each at its own rate: a stretch of 0.85-1.15 over the vocal-tract factor squared
+    (a smaller speaker faster: how the shipped model's corpus was made); `source` counts up from `first_speaker`.
+
+    Four recorded voices are too few for a model to learn to take an unheard voice from a context clip;
+    shifted, each becomes a family of voices between which the voice must be read from the audio."""
+    if min(speakers_per_voice, clips_per_speaker) < 1:
+        raise TokenttsError("shifted Flite speakers need at least one speaker per voice and one clip each")
+    check_flite_voices(flite_voices)
+    check_pitches_known(flite_voices)
+    rng = random.Random(seed + 11)
+    sentences = synthetic_sentences(first_sentence + 20_000, seed)[first_sentence:]
+    clips = []
+    speaker = first_speaker
+    for name in flite_voices:
+        for _ in range(speakers_per_voice):
+            vocal_tract, pitch = rng.uniform(0.88, 1.12), FLITE_PITCH_HZ[name] * rng.uniform(0.85, 1.2)
+            for _ in range(clips_per_speaker):
+                text = sentences[rng.randrange(len(sentences))]
+                voice = FliteVoice(name, rng.uniform(0.85, 1.15) / vocal_tract ** 2, vocal_tract, pitch)
+                audio = trim_silence(synthesize_flite(text, voice))
+                clips.append(Clip(audio, text, str(speaker), 0.0, len(audio) / 24_000,
+                                  f"flite:{name}:vt{vocal_tract:.3f}:{pitch:.0f}Hz"))
+            speaker += 1
+    return clips
+
+
+def write_corpus_with_shifted_speakers(corpus: Path, out: Path, clips: list[Clip]) -> Path:
+    """`corpus` (a saved voice dataset) followed by `clips`, saved as a new dataset folder (atomically)."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    out = Path(out)
+    if out.exists():
+        raise TokenttsError(f"{out} already exists")
+    base = load_from_disk(str(corpus))
+    with building_directory(out) as tmp:
+        concatenate_datasets([base, clips_to_dataset(clips).cast(base.features)]).save_to_disk(str(tmp))
+    return out
+
+
 @dataclass
 class SyntheticCorpusConfig:
     out: Path = field(default=Path("synthetic-corpus"), metadata={"help": "output dataset folder"})
