@@ -430,10 +430,10 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 {recorded_wer:.3f}: the model **{verdict}** it.
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`),
-its speech moves to that voice. Cloning from a context clip of that voice moves it too, far less; in the
-build measured in the project's BENCHMARKS.md (with the voices phase), with both demo references tried.
-Once fine-tuned, the model takes little more from the clip: +0.01 similarity with one reference, -0.01 with
-the other.
+its speech moves to that voice. Cloning from a context clip of that voice moves it too, far less (in the
+build measured in the project's BENCHMARKS.md, with the voices phase: towards the voice with both demo
+references tried). Once fine-tuned, the model takes little more from the clip: +0.01 similarity with one
+reference, -0.01 with the other.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install
