@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tokentts demo
 
-# The embedded base model's recipe (about 4.5 h on an idle 2-core CPU): corpora (eSpeak + Flite voices), codec
-# (one thread), pretraining, continuation, the voices phase (shifted Flite speakers), evaluation, then float16
-# weights + model card into src/tokentts/model/embedded. Two threads: a pretraining step took 2.6 s with 2, 4.5 s with 1 (BENCHMARKS.md).
+# The embedded base model's recipe (about 4.5 h on an idle 2-core CPU): corpora (eSpeak + Flite voices),
+# codec (one thread), pretraining, continuation, the voices phase (shifted Flite speakers), the average of
+# those two phases, evaluation, then float16 weights + model card into src/tokentts/model/embedded.
+# Two threads: a pretraining step took 2.6 s with 2, 4.5 s with 1 (BENCHMARKS.md).
 base-model: $(STAMP) flite
 	OMP_NUM_THREADS=2 $(VENV)/bin/tokentts build-base --install
 

@@ -50,11 +50,12 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     for folder, marker in [("codec-corpus", "dataset_info.json"), ("corpus", "dataset_info.json"),
                            ("codec-run/codec", "codec_config.json"), ("model", "config.json"),
                            ("model-continued", "config.json"), ("voices-corpus", "dataset_info.json"),
-                           ("model-voices", "config.json"), ("evaluation", "report.json")]:
+                           ("model-voices", "config.json"), ("model-averaged", "config.json"),
+                           ("evaluation", "report.json")]:
         assert (work / folder / marker).is_file(), folder
     timings = json.loads((work / "timings.json").read_text())
     assert set(timings) == {"codec-corpus", "corpus", "train-codec", "pretrain", "continue", "voices-corpus", "voices",
-                            "evaluate", "package"}
+                            "average", "evaluate", "package"}
     assert json.loads((work / "model-continued" / "metrics.json").read_text())["steps"] == 3
     # The voices phase: the corpus, then one speaker shifted from slt saying 2 sentences past the held-out ones.
     voices_corpus = load_from_disk(str(work / "voices-corpus"))
@@ -74,7 +75,8 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
         0.5, 0.3, "timed")
     report = json.loads((work / "evaluation" / "report.json").read_text())
     # the recipe's sampling is the model's default, and the evaluation ran with it
-    assert model_sampling(load_model(work / "model-voices").model) == {"temperature": 0.7, "depth_temperature": 0.2}
+    assert model_sampling(load_model(work / "model-averaged").model) == {"temperature": 0.7, "depth_temperature": 0.2}
+    assert report["config"]["model"] == str(work / "model-averaged")
     assert (report["config"]["temperature"], report["config"]["depth_temperature"]) == (0.7, 0.2)
     assert [c["name"] for c in report["conditions"]] == ["recordings", "base", "base + clone"]
     assert report["sentences"] == held_out_sentences(config)[1:]
@@ -86,6 +88,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "each word in proportion to the time eSpeak NG takes to say it" in card
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
     assert "Then 2 steps with the shifted Flite speakers added" in card
+    assert "the average of the two phases, 50% the continuation's and 50% the voices phase's" in card
     assert "1 speakers made from each Flite voice (speakers 3-3)" in card
     assert "1 Flite voices (slt: CMU voices made from recordings of real speakers, 16 kHz) as speakers 2-2" in card
     assert "codec: 15 clips" in card and "resumed" not in card  # 3 speakers x 5; no phase was interrupted
@@ -111,8 +114,8 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in packaged.rglob("*") if p.is_file())
     assert {t.dtype for t in load_file(str(packaged / "codec" / "model.safetensors")).values()
             if t.is_floating_point()} == {torch.float16}
-    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-voices")
-    full, half = load_model(config.work / "model-voices", device="cpu"), load_model(packaged, device="cpu")
+    assert embedded.folder_megabytes(packaged) < 0.6 * embedded.folder_megabytes(config.work / "model-averaged")
+    full, half = load_model(config.work / "model-averaged", device="cpu"), load_model(packaged, device="cpu")
     assert half.model.dtype == torch.float32 and TextLayout.of(half.model.config).timed
     # float16 storage moves each weight by < 0.1 %: the next-frame logits barely move.
     prompt = build_prompt([Segment("0", held_out_sentences(config)[1])], full)
@@ -125,6 +128,33 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
     assert torch.allclose(logits[0], logits[1], atol=0.02 * float(logits[0].abs().max()))
     result = Generator(half).generate("Hello.", sampling=SamplingConfig(seed=0, max_seconds=0.4))
     assert np.isfinite(result.audio).all() and len(result.audio) > 0
+
+
+def test_the_shipped_weights_are_the_average_of_the_two_phases(recipe):
+    config, _ = recipe
+    continued, voices, averaged = (load_file(str(config.work / name / "model.safetensors"))
+                                   for name in ("model-continued", "model-voices", "model-averaged"))
+    assert averaged.keys() == voices.keys()
+    moved = 0
+    for name, weight in averaged.items():
+        torch.testing.assert_close(weight, (continued[name] + voices[name]) / 2)
+        moved += not torch.equal(continued[name], voices[name])
+    assert moved > 0  # the voices phase moved weights, so the average is neither phase
+    assert (json.loads((config.work / "model-averaged" / "config.json").read_text())
+            == json.loads((config.work / "model-voices" / "config.json").read_text()))
+
+
+def test_averaging_models_of_different_shapes_fails_and_writes_nothing(tmp_path):
+    from safetensors.torch import save_file
+
+    from tokentts.training.base_model import average_models
+
+    for name, width in (("a", 4), ("b", 5)):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.zeros(width)}, str(tmp_path / name / "model.safetensors"))
+    with pytest.raises(TokenttsError, match="not the same architecture"):
+        average_models(tmp_path / "a", tmp_path / "b", 0.5, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_second_run_skips_finished_stages_and_install_writes_the_embedded_folder(recipe, monkeypatch, tmp_path):
@@ -174,7 +204,9 @@ def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp
                                              (["--depth-temperature", "0"], "must be > 0"),
                                              (["--flite-voices", "nobody"], "Flite has no voice 'nobody'"),
                                              (["--flite-voices", "kal"], "no pitch is known for Flite voice kal"),
-                                             (["--voices-context-probability", "2"], "must be in \\[0, 1\\]")])
+                                             (["--voices-context-probability", "2"], "must be in \\[0, 1\\]"),
+                                             (["--voices-share", "0"], "voices_share must be in \\(0, 1\\]"),
+                                             (["--continue-steps", "0"], "give --continue-steps, or --voices-share 1")])
 def test_cli_refuses_a_bad_recipe_before_any_stage(tmp_path, capsys, flags, message):
     import re
 

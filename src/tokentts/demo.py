@@ -50,6 +50,9 @@ class DemoConfig:
                                                                     "target voice (0 = off)"})
     input_code_noise: float = field(default=0.4, metadata={"help": "share of fine codes made random in the LoRA "
                                                                     "fine-tune's input, as the embedded base was trained"})
+    # Without contexts in its examples the fine-tune stops using one: fine-tuned + clone then equals fine-tuned.
+    context_probability: float = field(default=0.5, metadata={
+        "help": "share of the LoRA fine-tune's examples with another clip of the target voice as context"})
     clip_seconds: float = field(default=6.0, metadata={"help": "longest prepared training snippet: the embedded base "
                                                                "learned from single sentences of 2-5 s"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
@@ -61,6 +64,9 @@ class DemoConfig:
         if min(counts) < 1 or self.target_clips < 0:
             raise ValueError("train_sentences, test_sentences, samples_per_sentence and max_steps must be at least 1 "
                              "(target_clips at least 0)")
+        # Checked here too, so that a bad share fails before the voice is synthesized and prepared.
+        if not all(0 <= x <= 1 for x in (self.input_code_noise, self.context_probability)):
+            raise ValueError("input_code_noise and context_probability must be in [0, 1]")
 
 
 def _stage(number: int, title: str) -> float:
@@ -147,7 +153,7 @@ def run_demo(config: DemoConfig) -> Path:
                                     batch_size=2, grad_accum=1, learning_rate=config.learning_rate, eval_fraction=0.1, seed=config.seed,
                                     logging_steps=20, eval_steps=max(config.max_steps // 2, 1), save_steps=config.max_steps,
                                     codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
-                                    input_code_noise=config.input_code_noise,
+                                    input_code_noise=config.input_code_noise, context_probability=config.context_probability,
                                     overwrite=True))
     _done(started, f"adapter in {tuned.output_dir}")
 

@@ -23,7 +23,7 @@ MODEL_CARD = "README.md"
 _PACKAGED_FILES = ("config.json", "generation_config.json", "processor_config.json", "tokenizer.json",
                    "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "finetune_config.json", "metrics.json")
-_WEIGHTS = "model.safetensors"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def embedded_model_path() -> Path | None:
@@ -52,13 +52,13 @@ def package_model(model_dir: Path, target: Path, model_card: str) -> Path:
     from tokentts.model.loading import MODEL_CODEC_SUBDIR
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file() or not (model_dir / _WEIGHTS).is_file():
-        raise TokenttsError(f"{model_dir} is not a model folder (no config.json / {_WEIGHTS})")
+    if not (model_dir / "config.json").is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        raise TokenttsError(f"{model_dir} is not a model folder (no config.json / {WEIGHTS_FILE})")
     with building_directory(Path(target)) as tmp:
         for name in _PACKAGED_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
-        _save_half(model_dir / _WEIGHTS, tmp / _WEIGHTS)
+        _save_half(model_dir / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
         codec_dir = model_dir / MODEL_CODEC_SUBDIR
         if codec_dir.is_dir():
             (tmp / MODEL_CODEC_SUBDIR).mkdir()
