@@ -10,7 +10,7 @@ import torch
 from tokentts.cli import main
 from tokentts.errors import TokenttsError
 from tokentts.generation import Generator, SamplingConfig
-from tokentts.generation.engine import Int8Weight, model_sampling, sample_codes, write_model_sampling
+from tokentts.generation.engine import Int8Weight, int8_activations_saturate, model_sampling, sample_codes, write_model_sampling
 from tokentts.generation.text import split_sentences
 from tokentts.model import Segment, load_model
 
@@ -158,7 +158,8 @@ def test_int8_weights_stay_close_to_float(loaded):
     x = torch.randn(4, weight.shape[1], generator=torch.Generator().manual_seed(0))
     exact = torch.nn.functional.linear(x, weight)
     error = (Int8Weight.quantize(weight).linear(x) - exact).norm() / exact.norm()
-    assert 0 < error < 0.01
+    # 8-bit activations where the CPU sums them without saturating (VNNI), 7-bit ones elsewhere.
+    assert 0 < error < (0.025 if int8_activations_saturate() else 0.01)
     codes = Generator(loaded, quantize="int8").generate("Quantized.", sampling=SamplingConfig(max_seconds=0.4, **GREEDY)).codes
     assert codes.shape == (8, 5) and int(codes.max()) < 2048
     with pytest.raises(TokenttsError, match="only int8"):

@@ -23,8 +23,10 @@ fused), so greedy decoding gives the same codes as
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -148,6 +150,19 @@ def sample_codes(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
     return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+@functools.cache
+def int8_activations_saturate() -> bool:
+    """Whether this CPU's int8 kernel would saturate on 8-bit activations. Without VNNI, fbgemm sums
+    pairs of u8 x s8 products in int16 (vpmaddubsw), which overflows: measured on an AVX2 CPU, a
+    mat-vec's error was 3.9 % with 8-bit activations and 1.8 % with 7-bit ones (PyTorch's own
+    dynamic quantization uses 7 bits there too). Unknown CPUs count as saturating."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return re.search(r"\b(avx512_vnni|avx_vnni)\b", cpuinfo) is None
+
+
 @dataclass
 class Int8Weight:
     """Weight-only int8 (symmetric, one scale per output row): a quarter of fp32's bytes to read
@@ -170,7 +185,8 @@ class Int8Weight:
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] @ weight.T -> [..., out], like F.linear."""
-        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), self.packed)
+        out = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).float(), self.packed,
+                                                 int8_activations_saturate())
         return out.to(x.dtype).view(*x.shape[:-1], -1)
 
 
