@@ -22,8 +22,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     # Snippets as short as the base model's training sentences, their silent edges cut for its timed text.
     assert summary["max_seconds"] <= 6.0
     tuned = json.loads((out / "adapter" / "finetune_config.json").read_text())
-    # Context clips in the fine-tune's examples, so the fine-tuned voice still takes a clone's context.
-    assert tuned["trim_silence"] is True and tuned["context_probability"] == 0.5
+    # A context clip in every fine-tuning example, so the fine-tuned voice still takes a clone's context.
+    assert tuned["trim_silence"] is True and tuned["context_probability"] == 1.0
     assert (out / "adapter" / "adapter_config.json").is_file()
     # The embedded base model: the fine-tuned voice brings its adapted codec decoder and speaking rate.
     assert "using the embedded base model" in printed

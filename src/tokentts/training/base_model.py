@@ -474,10 +474,10 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 {recorded_wer:.3f}, {base_wer - recorded_wer:.4f} above them: the model **{verdict}** it.
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`,
-half of its examples with a context clip of the voice), its speech moves to that voice. Cloning from a
-context clip of that voice moves it too, far less, and it depends on the clip: in BENCHMARKS.md, the
-averaged build moves towards the voice with one demo reference (+0.08 similarity) and not with the
-other (-0.01). Once fine-tuned, the clip adds about +0.01.
+each of its examples with another clip of the voice as context), its speech moves to that voice. Cloning
+from a context clip of that voice moves it too, far less, and it depends on the clip: in BENCHMARKS.md, the
+averaged build moves towards the voice with two of three demo references (+0.08, +0.09 similarity) and not
+with the third (-0.01). Once fine-tuned, the clip adds +0.007 to +0.018.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install
