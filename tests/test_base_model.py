@@ -89,6 +89,7 @@ def test_every_stage_leaves_its_output_and_the_card_reports_it(recipe):
     assert "| base + clone |" in card and "make base-model" in card and "Then 3 more steps" in card
     assert "Then 2 steps with the shifted Flite speakers added" in card
     assert "the average of the two phases, 50% the continuation's and 50% the voices phase's" in card
+    assert "the depth decoder 100% the voices phase's" in card
     assert "1 speakers made from each Flite voice (speakers 3-3)" in card
     assert "1 Flite voices (slt: CMU voices made from recordings of real speakers, 16 kHz) as speakers 2-2" in card
     assert "codec: 15 clips" in card and "resumed" not in card  # 3 speakers x 5; no phase was interrupted
@@ -130,14 +131,16 @@ def test_package_is_float16_and_loads_and_speaks_like_the_trained_model(recipe):
     assert np.isfinite(result.audio).all() and len(result.audio) > 0
 
 
-def test_the_shipped_weights_are_the_average_of_the_two_phases(recipe):
+def test_the_shipped_weights_average_the_two_phases_but_keep_the_voices_depth_decoder(recipe):
     config, _ = recipe
     continued, voices, averaged = (load_file(str(config.work / name / "model.safetensors"))
                                    for name in ("model-continued", "model-voices", "model-averaged"))
     assert averaged.keys() == voices.keys()
     moved = 0
     for name, weight in averaged.items():
-        torch.testing.assert_close(weight, (continued[name] + voices[name]) / 2)
+        # --voices-depth-share 1 (the default): the depth decoder, which renders a context's voice, is the voices phase's.
+        expected = voices[name] if name.startswith("depth_decoder.") else (continued[name] + voices[name]) / 2
+        torch.testing.assert_close(weight, expected)
         moved += not torch.equal(continued[name], voices[name])
     assert moved > 0  # the voices phase moved weights, so the average is neither phase
     assert (json.loads((config.work / "model-averaged" / "config.json").read_text())
@@ -205,8 +208,9 @@ def test_default_model_without_a_packaged_model_says_what_to_do(monkeypatch, tmp
                                              (["--flite-voices", "nobody"], "Flite has no voice 'nobody'"),
                                              (["--flite-voices", "kal"], "no pitch is known for Flite voice kal"),
                                              (["--voices-context-probability", "2"], "must be in \\[0, 1\\]"),
-                                             (["--voices-share", "0"], "voices_share must be in \\(0, 1\\]"),
-                                             (["--continue-steps", "0"], "give --continue-steps, or --voices-share 1")])
+                                             (["--voices-share", "0"], "voices_share and voices_depth_share must be in \\(0, 1\\]"),
+                                             (["--voices-depth-share", "1.5"], "must be in \\(0, 1\\]"),
+                                             (["--continue-steps", "0"], "give --continue-steps, or both shares 1")])
 def test_cli_refuses_a_bad_recipe_before_any_stage(tmp_path, capsys, flags, message):
     import re
 

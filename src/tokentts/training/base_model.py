@@ -95,6 +95,9 @@ class BaseModelConfig:
     voices_share: float = field(default=0.5, metadata={
         "help": "share of the voices phase in the shipped weights, the rest the continuation's "
                 "(1 = the voices phase as trained)"})
+    # The depth decoder renders a context's voice: averaged, one demo reference no longer cloned (BENCHMARKS.md).
+    voices_depth_share: float = field(default=1.0, metadata={
+        "help": "share of the voices phase in the depth decoder's weights (its other weights: --voices-share)"})
     learning_rate: float = field(default=1e-3, metadata={"help": "pretraining peak learning rate (cosine)"})
     hidden_size: int = field(default=256, metadata={"help": "backbone width"})
     num_layers: int = field(default=6, metadata={"help": "backbone layers"})
@@ -113,6 +116,11 @@ class BaseModelConfig:
     seed: int = field(default=0, metadata={"help": "seed of voices, sentences and training"})
 
     @property
+    def averaged(self) -> bool:
+        """Whether the shipped weights average the voices phase with the continuation."""
+        return self.voices_share < 1 or self.voices_depth_share < 1
+
+    @property
     def voices_phase(self) -> bool:
         return self.shifted_speakers_per_voice > 0 and self.voices_steps > 0
 
@@ -129,11 +137,11 @@ class BaseModelConfig:
         if not all(0 <= x <= 1 for x in shares):
             raise ValueError("context_probability, context_speaker_swap, input_code_noise and the voices phase's "
                              "context settings must be in [0, 1]")
-        if not 0 < self.voices_share <= 1:
-            raise ValueError("voices_share must be in (0, 1]")
-        if self.voices_phase and self.voices_share < 1 and not self.continue_steps:
-            raise ValueError("voices_share < 1 averages the voices phase with the continuation: give "
-                             "--continue-steps, or --voices-share 1")
+        if not (0 < self.voices_share <= 1 and 0 < self.voices_depth_share <= 1):
+            raise ValueError("voices_share and voices_depth_share must be in (0, 1]")
+        if self.voices_phase and self.averaged and not self.continue_steps:
+            raise ValueError("voices_share or voices_depth_share < 1 averages the voices phase with the continuation: "
+                             "give --continue-steps, or both shares 1")
         if min(self.shifted_speakers_per_voice, self.voices_steps) < 0 or self.shifted_clips_per_speaker < 1:
             raise ValueError("shifted_speakers_per_voice and voices_steps must be at least 0, "
                              "shifted_clips_per_speaker at least 1")
@@ -269,11 +277,12 @@ def build_base_model(config: BaseModelConfig) -> Path:
             voices.resume = last_checkpoint(voices) is not None
             timings.run("voices", lambda: finetune(voices))
         final = work / "model-voices"
-        if config.voices_share < 1:
+        if config.averaged:
             final = work / "model-averaged"
             if not _stage_done(final, "config.json"):
                 timings.run("average", lambda: average_models(work / "model-continued", work / "model-voices",
-                                                              config.voices_share, final))
+                                                              config.voices_share, final,
+                                                              depth_decoder_share=config.voices_depth_share))
 
     # The sampling the model is evaluated with becomes its default wherever it is used.
     write_model_sampling(final, {"temperature": config.temperature, "depth_temperature": config.depth_temperature})
@@ -283,9 +292,11 @@ def build_base_model(config: BaseModelConfig) -> Path:
     return timings.run("package", lambda: package(config, work, final, timings.values))
 
 
-def average_models(first: Path, second: Path, share_of_second: float, target: Path) -> Path:
-    """`second`'s model folder with every weight (1 - share) x `first`'s + share x `second`'s:
-    two phases of one training run lie close enough for their average to keep what each learned."""
+def average_models(first: Path, second: Path, share_of_second: float, target: Path,
+                   depth_decoder_share: float | None = None) -> Path:
+    """`second`'s model folder with every weight (1 - share) x `first`'s + share x `second`'s, the depth
+    decoder's with `depth_decoder_share` when given: two phases of one training run lie close enough
+    for their average to keep what each learned."""
     import shutil
 
     import torch
@@ -300,7 +311,11 @@ def average_models(first: Path, second: Path, share_of_second: float, target: Pa
     if first_weights.keys() != second_weights.keys() or any(
             first_weights[name].shape != tensor.shape for name, tensor in second_weights.items()):
         raise TokenttsError(f"{first} and {second} are not the same architecture: their weights differ")
-    averaged = {name: torch.lerp(first_weights[name].float(), tensor.float(), share_of_second).to(tensor.dtype)
+    def share(name: str) -> float:
+        return depth_decoder_share if depth_decoder_share is not None and name.startswith("depth_decoder.") \
+            else share_of_second
+
+    averaged = {name: torch.lerp(first_weights[name].float(), tensor.float(), share(name)).to(tensor.dtype)
                 for name, tensor in second_weights.items()}
     with building_directory(Path(target)) as tmp:
         shutil.copytree(second, tmp, dirs_exist_ok=True)
@@ -405,9 +420,10 @@ def model_card(config: BaseModelConfig, work: Path, model_dir: Path, timings: di
                    f"peak learning rate {config.voices_learning_rate:g}, cosine, {config.voices_context_probability:.0%} "
                    f"of examples with a context clip, {config.voices_context_speaker_swap:.0%} of those under another "
                    f"speaker's id; mean train loss {_loss_and_time(voices)}." if voices else "")
-    if voices and config.voices_share < 1:
+    if voices and config.averaged:
         voices_line += (f"\n- Shipped weights: the average of the two phases, {1 - config.voices_share:.0%} the "
-                        f"continuation's and {config.voices_share:.0%} the voices phase's (`--voices-share`).")
+                        f"continuation's and {config.voices_share:.0%} the voices phase's (`--voices-share`); "
+                        f"the depth decoder {config.voices_depth_share:.0%} the voices phase's (`--voices-depth-share`).")
     shifted_line = ""
     if voices:
         first = config.speakers + len(config.flite_voices)
@@ -475,9 +491,8 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`,
 each of its examples with another clip of the voice as context), its speech moves to that voice. Cloning
-from a context clip of that voice moves it too, far less, and it depends on the clip: in BENCHMARKS.md, the
-averaged build moves towards the voice with two of three demo references (+0.08, +0.09 similarity) and not
-with the third (-0.01). Once fine-tuned, the clip adds +0.007 to +0.018.
+from a context clip of that voice moves it too, far less, and how far depends on the clip: in BENCHMARKS.md,
++0.03 to +0.11 similarity with three demo references. Once fine-tuned, the clip adds +0.007 to +0.027.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install
