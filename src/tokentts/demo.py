@@ -52,7 +52,7 @@ class DemoConfig:
                                                                     "fine-tune's input, as the embedded base was trained"})
     # Without contexts in its examples the fine-tune stops using one: fine-tuned + clone then equals fine-tuned.
     # With a context in every example the adapter is trained for the prompt it is cloned with: fine-tuned +
-    # clone gained +0.007..+0.018 over fine-tuned on three seeds, against -0.002..+0.012 with half (BENCHMARKS.md).
+    # clone gained +0.007..+0.027 over fine-tuned on three seeds, against -0.002..+0.012 with half (BENCHMARKS.md).
     context_probability: float = field(default=1.0, metadata={
         "help": "share of the LoRA fine-tune's examples with another clip of the target voice as context"})
     clip_seconds: float = field(default=6.0, metadata={"help": "longest prepared training snippet: the embedded base "

@@ -311,9 +311,11 @@ def average_models(first: Path, second: Path, share_of_second: float, target: Pa
     if first_weights.keys() != second_weights.keys() or any(
             first_weights[name].shape != tensor.shape for name, tensor in second_weights.items()):
         raise TokenttsError(f"{first} and {second} are not the same architecture: their weights differ")
+
     def share(name: str) -> float:
-        return depth_decoder_share if depth_decoder_share is not None and name.startswith("depth_decoder.") \
-            else share_of_second
+        if depth_decoder_share is not None and name.startswith("depth_decoder."):
+            return depth_decoder_share
+        return share_of_second
 
     averaged = {name: torch.lerp(first_weights[name].float(), tensor.float(), share(name)).to(tensor.dtype)
                 for name, tensor in second_weights.items()}
