@@ -287,7 +287,8 @@ def test_cli_repeats_the_samples_exactly_and_rejects_bad_input_in_one_line(evalu
     assert main([*common, "--reference", str(voice_setup["reference"]), "--out", str(out)]) == 0
     assert json.loads((out / "report.json").read_text())["models"]["dnsmos"] is None
     assert "base + clone" in capsys.readouterr().out
-    # Same seeds, same model, same reference: the same audio as the Python API run, sample for sample.
+    # Same seeds, same model, same reference: the same audio as the Python API run, sample for sample,
+    # though that run generated both sentences in one batch and this one a batch of one.
     _, first_run = evaluation
     for sample in ("samples/base/s00-0.wav", "samples/base-clone/s00-0.wav"):
         assert (out / sample).read_bytes() == (first_run / sample).read_bytes()
@@ -296,6 +297,11 @@ def test_cli_repeats_the_samples_exactly_and_rejects_bad_input_in_one_line(evalu
     error = capsys.readouterr().err.strip()
     assert "missing.wav" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+    assert main([*common, "--reference", str(voice_setup["reference"]), "--batch-size", "0",
+                 "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "batch_size must be at least 1" in error and len(error.splitlines()) == 1
 
     # One sentence, two recordings: refused before any model is loaded.
     assert main([*common, "--reference", str(voice_setup["reference"]), "--recordings",

@@ -1,6 +1,7 @@
 """Generation engine: equality with transformers' generate, sampling, stopping, batching, streaming,
 long text, bad input, and the `tokentts generate` command."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -79,6 +80,19 @@ def test_batch_rows_equal_single_generation(generator):
     batch = generator.generate_batch(texts, "0", context, sampling)
     for text, result in zip(texts, batch):
         assert torch.equal(result.codes, generator.generate(text, "0", context, sampling).codes)
+
+
+def test_batch_rows_with_their_own_seeds_sample_what_they_would_alone(generator):
+    context = [Segment("1", "Hello there.", whole_frames(10))]
+    sampling = SamplingConfig(max_seconds=1.0, runaway_seconds=0)
+    texts = ["Hi.", "A much longer sentence than the first one.", "Hi."]
+    batch = generator.generate_batch(texts, "0", context, sampling, seeds=[5, 6, 7])
+    for text, seed, result in zip(texts, (5, 6, 7), batch):
+        alone = generator.generate(text, "0", context, dataclasses.replace(sampling, seed=seed))
+        assert torch.equal(result.codes, alone.codes)
+    assert not torch.equal(batch[0].codes, batch[2].codes)  # same text, other seed: other sample
+    with pytest.raises(ValueError, match="2 seeds for 3 texts"):
+        generator.generate_batch(texts, "0", context, sampling, seeds=[1, 2])
 
 
 def test_seeded_sampling_is_reproducible(generator):

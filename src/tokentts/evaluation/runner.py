@@ -91,6 +91,9 @@ class EvaluateConfig:
     depth_temperature: float | None = field(default=None, metadata={
         "help": "depth-decoder sampling temperature (default: the model's, else 0.9)"})
     max_seconds: float = field(default=20.0, metadata={"help": "longest sample; hitting it counts as a runaway"})
+    # A small model's step costs about the same for 1 row as for 16, so batching generates 3-5x faster
+    # on CPU; each sample keeps its own seed, so the batch size does not change what it says.
+    batch_size: int = field(default=16, metadata={"help": "samples generated at once"})
     max_reference_seconds: float = field(default=15.0, metadata={"help": "longer reference clips are trimmed"})
     asr_model: str = field(
         default="turbo",
@@ -103,8 +106,8 @@ class EvaluateConfig:
     dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 or float16 (default: by device)"})
 
     def __post_init__(self) -> None:
-        if self.samples_per_sentence < 1:
-            raise ValueError("samples_per_sentence must be at least 1")
+        if self.samples_per_sentence < 1 or self.batch_size < 1:
+            raise ValueError("samples_per_sentence and batch_size must be at least 1")
         if self.num_sentences is not None and self.num_sentences < 1:
             raise ValueError("num_sentences must be at least 1")
         if self.max_seconds <= 0:
@@ -356,13 +359,16 @@ def evaluate(config: EvaluateConfig, progress: Callable[[int, int], None] | None
             log.info("evaluating %s", condition.name)
             context = [reference] if condition.cloned else []
             samples = []
-            for i, text in enumerate(sentences):
-                for j in range(config.samples_per_sentence):
-                    seed = sample_seed(config, i, j)
-                    generated = generator.generate(text, speaker=config.speaker, context=context,
-                                                   sampling=dataclasses.replace(sampling, seed=seed))
-                    samples.append(_score_sample(scorer, generated.audio, generated, i, j, seed, text, reference_wpm,
-                                                 config))
+            planned = [(i, j, sample_seed(config, i, j)) for i in range(len(sentences))
+                       for j in range(config.samples_per_sentence)]
+            for start in range(0, len(planned), config.batch_size):
+                batch = planned[start : start + config.batch_size]
+                batch_results = generator.generate_batch([sentences[i] for i, _, _ in batch], speaker=config.speaker,
+                                                         context=context, sampling=sampling,
+                                                         seeds=[seed for _, _, seed in batch])
+                for (i, j, seed), generated in zip(batch, batch_results):
+                    samples.append(_score_sample(scorer, generated.audio, generated, i, j, seed, sentences[i],
+                                                 reference_wpm, config))
                     done += 1
                     if progress is not None:
                         progress(done, total)

@@ -129,11 +129,15 @@ class GenerationResult:
     audio: np.ndarray  # mono float32 at codec.sample_rate
     codes: torch.LongTensor  # [K, T]
     stop_reason: str  # "eos" | "max_length" | "runaway"
-    seconds_taken: float
+    seconds_taken: float  # generating the codes; a batch's time is split evenly between its rows
+
+
+# One random stream for a whole batch, or one per row (a row then samples what it would alone).
+Rng = torch.Generator | list[torch.Generator]
 
 
 def sample_codes(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
-                 generator: torch.Generator | None) -> torch.LongTensor:
+                 generator: Rng | None) -> torch.LongTensor:
     """logits [B, V] -> codes [B]; the same warpers, in the same order, as transformers' sampling."""
     if greedy:
         return logits.argmax(-1)
@@ -147,7 +151,10 @@ def sample_codes(logits: torch.Tensor, temperature: float, top_k: int, top_p: fl
         remove_sorted = cumulative <= 1 - top_p
         remove_sorted[..., -1] = False  # always keep the best code
         scores = scores.masked_fill(remove_sorted.scatter(-1, order, remove_sorted), -float("inf"))
-    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = scores.softmax(-1)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(row, 1, generator=rng) for row, rng in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @functools.cache
@@ -437,14 +444,23 @@ class Generator:
         return self.generate_batch([text], speaker, context, sampling)[0]
 
     def generate_batch(self, texts: list[str], speaker: str = "0", context: Sequence[Segment] = (),
-                       sampling: SamplingConfig = SamplingConfig()) -> list[GenerationResult]:
+                       sampling: SamplingConfig = SamplingConfig(),
+                       seeds: Sequence[int] | None = None) -> list[GenerationResult]:
         """Several texts at once, all in the same voice context. Long texts are split into sentence
-        chunks; chunk i of every text is generated in one batch, with chunk i - 1's audio as context."""
+        chunks; chunk i of every text is generated in one batch, with chunk i - 1's audio as context.
+
+        `seeds` gives each text its own random stream (instead of one from `sampling.seed` for the
+        batch), so that a text samples what it would with that seed alone, whatever else is in the
+        batch (up to the rounding of batched matmuls). Each result's `seconds_taken` is its share of
+        the batch's time."""
         if not texts:
             return []
+        if seeds is not None and len(seeds) != len(texts):
+            raise ValueError(f"{len(seeds)} seeds for {len(texts)} texts")
         start = time.perf_counter()
         sampling = sampling.resolved(self.model_sampling)
-        generator = self._rng(sampling.seed)
+        generators = [self._rng(seed) for seed in seeds] if seeds is not None else None
+        generator = self._rng(sampling.seed) if generators is None else None
         context = self._encode_context(context)
         chunks = [split_sentences(t, self.max_chunk_chars) for t in texts]
         codes: list[list[torch.LongTensor]] = [[] for _ in texts]
@@ -454,17 +470,18 @@ class Generator:
             rows = [i for i, c in enumerate(chunks) if round_index < len(c)]
             prompts = [self._target_prompt(context, previous[i], chunks[i][round_index], speaker) for i in rows]
             max_frames = self._frame_budget(prompts, sampling)
-            frames, row_reasons = self._run(prompts, sampling, max_frames, generator)
+            rng = generator if generators is None else [generators[i] for i in rows]
+            frames, row_reasons = self._run(prompts, sampling, max_frames, rng)
             for i, row_frames, reason in zip(rows, frames, row_reasons):
                 codes[i].append(row_frames)
                 previous[i] = Segment(speaker, chunks[i][round_index], codes=row_frames)
                 if reason != "eos":
                     reasons[i] = reason
-        elapsed = time.perf_counter() - start
+        seconds_each = (time.perf_counter() - start) / len(texts)
         results = []
         for row_codes, reason in zip(codes, reasons):
             all_codes = torch.cat(row_codes, dim=1)
-            results.append(GenerationResult(self.codec.decode(all_codes), all_codes, reason, elapsed))
+            results.append(GenerationResult(self.codec.decode(all_codes), all_codes, reason, seconds_each))
         return results
 
     def stream(self, text: str, speaker: str = "0", context: Sequence[Segment] = (),
@@ -543,7 +560,7 @@ class Generator:
 
     @torch.inference_mode()
     def _run(self, prompts: list[Prompt], sampling: SamplingConfig, max_frames: int,
-             generator: torch.Generator) -> tuple[list[torch.LongTensor], list[str]]:
+             generator: Rng) -> tuple[list[torch.LongTensor], list[str]]:
         """Generate for every prompt; returns codes [K, T_i] (without the end frame) and stop reasons."""
         collected: list[list[torch.LongTensor]] = [[] for _ in prompts]
         reasons = ["max_length"] * len(prompts)
@@ -562,7 +579,7 @@ class Generator:
 
     @torch.inference_mode()
     def _frames(self, prompts: list[Prompt], sampling: SamplingConfig, max_frames: int,
-                generator: torch.Generator) -> Iterator[_Frame]:
+                generator: Rng) -> Iterator[_Frame]:
         """Yield each generated frame for all rows until every row has stopped."""
         batch_size = len(prompts)
         self.backbone.allocate(batch_size)
@@ -649,7 +666,7 @@ class Generator:
         return self.depth(embeds, positions, slots, kv_len, attn_mask)
 
     def _decode_frame(self, backbone_hidden: torch.Tensor, sampling: SamplingConfig,
-                      generator: torch.Generator) -> torch.LongTensor:
+                      generator: Rng) -> torch.LongTensor:
         """Backbone hidden state [B, H] -> the frame's K codes [B, K]."""
         batch = backbone_hidden.shape[0]
         c0 = sample_codes(_linear(backbone_hidden, self._c0_head), sampling.temperature, sampling.top_k,
