@@ -22,8 +22,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     # Snippets as short as the base model's training sentences, their silent edges cut for its timed text.
     assert summary["max_seconds"] <= 6.0
     tuned = json.loads((out / "adapter" / "finetune_config.json").read_text())
-    # A context clip in every fine-tuning example, so the fine-tuned voice still takes a clone's context.
-    assert tuned["trim_silence"] is True and tuned["context_probability"] == 1.0
+    # A context clip in every fine-tuning example, so the fine-tuned voice still takes a clone's context;
+    # the depth decoder, whose fine codes carry the voice, trained on every frame.
+    assert tuned["trim_silence"] is True and tuned["context_probability"] == 1.0 and tuned["depth_frame_fraction"] == 1.0
     assert (out / "adapter" / "adapter_config.json").is_file()
     # The embedded base model: the fine-tuned voice brings its adapted codec decoder and speaking rate.
     assert "using the embedded base model" in printed
@@ -49,3 +50,5 @@ def test_demo_rejects_a_bad_count_in_one_line(tmp_path, capsys):
 def test_demo_rejects_a_bad_share_before_any_stage(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--context-probability", "1.5"]) != 0
     assert "context_probability must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--depth-frame-fraction", "0"]) != 0
+    assert "depth_frame_fraction must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()

@@ -51,10 +51,18 @@ class DemoConfig:
     input_code_noise: float = field(default=0.4, metadata={"help": "share of fine codes made random in the LoRA "
                                                                     "fine-tune's input, as the embedded base was trained"})
     # Without contexts in its examples the fine-tune stops using one: fine-tuned + clone then equals fine-tuned.
-    # With a context in every example the adapter is trained for the prompt it is cloned with: fine-tuned +
-    # clone gained +0.007..+0.027 over fine-tuned on three seeds, against -0.002..+0.012 with half (BENCHMARKS.md).
+    # With a context in every example the adapter is trained for the prompt it is cloned with: with the depth
+    # decoder trained on 1/16 of the frames, fine-tuned + clone gained +0.007..+0.027 over fine-tuned on three
+    # seeds, against -0.002..+0.012 with half; trained on every frame, +0.001..+0.007 (BENCHMARKS.md).
     context_probability: float = field(default=1.0, metadata={
         "help": "share of the LoRA fine-tune's examples with another clip of the target voice as context"})
+    # Sesame trains csm-1b's depth decoder on 1/16 of the frames to save compute. Here it is small, and the
+    # fine codes it samples are what a voice's timbre and intelligibility hinge on: Joe's own codebook 0 with
+    # its sampled fine codes is heard at WER 0.86 after a 1/16 fine-tune and 0.69 after one on every frame
+    # (0.23 with his real fine codes). The fine-tuned voice's similarity rises by 0.02-0.04 and its WER falls
+    # by 0.1-0.35 (BENCHMARKS.md).
+    depth_frame_fraction: float = field(default=1.0, metadata={
+        "help": "share of audio frames the LoRA fine-tune trains the depth decoder on"})
     clip_seconds: float = field(default=6.0, metadata={"help": "longest prepared training snippet: the embedded base "
                                                                "learned from single sentences of 2-5 s"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
@@ -69,6 +77,8 @@ class DemoConfig:
         # Checked here too, so that a bad share fails before the voice is synthesized and prepared.
         if not all(0 <= x <= 1 for x in (self.input_code_noise, self.context_probability)):
             raise ValueError("input_code_noise and context_probability must be in [0, 1]")
+        if not 0 < self.depth_frame_fraction <= 1:
+            raise ValueError("depth_frame_fraction must be in (0, 1]")
 
 
 def _stage(number: int, title: str) -> float:
@@ -156,7 +166,7 @@ def run_demo(config: DemoConfig) -> Path:
                                     logging_steps=20, eval_steps=max(config.max_steps // 2, 1), save_steps=config.max_steps,
                                     codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
                                     input_code_noise=config.input_code_noise, context_probability=config.context_probability,
-                                    overwrite=True))
+                                    depth_frame_fraction=config.depth_frame_fraction, overwrite=True))
     _done(started, f"adapter in {tuned.output_dir}")
 
     started = _stage(5, "evaluate: base, base + clone, fine-tuned, fine-tuned + clone")

@@ -492,9 +492,11 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 {recorded_wer:.3f}, {base_wer - recorded_wer:.4f} above them: the model **{verdict}** it.
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`,
-each of its examples with another clip of the voice as context), its speech moves to that voice. Cloning
-from a context clip of that voice moves it too, far less, and how far depends on the clip: in BENCHMARKS.md,
-+0.03 to +0.11 similarity with three demo references. Once fine-tuned, the clip adds +0.007 to +0.027.
+each of its examples with another clip of the voice as context, the depth decoder trained on every frame),
+its speech moves to that voice. Cloning from a context clip of that voice moves it too, far less, and how
+far depends on the clip: in BENCHMARKS.md, +0.03 to +0.11 similarity with three demo references. Once
+fine-tuned, the clip adds nothing measurable (+0.001 to +0.007, inside the intervals): the fine-tuned voice
+is capped by the fine codes its depth decoder samples.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install
