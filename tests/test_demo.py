@@ -52,3 +52,5 @@ def test_demo_rejects_a_bad_share_before_any_stage(tmp_path, capsys):
     assert "context_probability must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--depth-frame-fraction", "0"]) != 0
     assert "depth_frame_fraction must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--lora-models", "codec"]) != 0
+    assert "lora_models must name one or both" in capsys.readouterr().err and not (tmp_path / "demo").exists()

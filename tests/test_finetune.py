@@ -401,6 +401,13 @@ def test_lora_run_writes_adapter_config_metrics_and_curves(work, lora_run):
     assert not any("codec_model" in n for n in names)
 
 
+def test_lora_on_the_backbone_only_leaves_the_depth_decoder_as_it_was(work):
+    result = finetune(config(work, "lora-backbone", max_steps=2, lora_rank=4, lora_models=["backbone"]))
+    names = adapter_weights(result.output_dir).keys()
+    assert any("backbone_model" in n for n in names) and not any("depth_decoder" in n for n in names)
+    assert json.loads((result.output_dir / "finetune_config.json").read_text())["lora_models"] == ["backbone"]
+
+
 def test_adapter_loads_with_plain_transformers_and_peft_with_identical_logits(work, lora_run):
     result, trained_logits = lora_run
     base = CsmForConditionalGeneration.from_pretrained(work["model"])
@@ -506,6 +513,7 @@ def test_undecodable_and_overlong_rows_are_counted_and_skipped(work, tmp_path):
         ("every row over the limits", ["--max-audio-seconds", "0.1"], "all 4 rows were dropped (4 audio over 0.1 s)"),
         ("8-bit AdamW on CPU", ["--optimizer", "adamw_8bit"], "needs CUDA and the bitsandbytes package"),
         ("nothing to resume", ["--resume"], "nothing to resume"),
+        ("LoRA on no model", ["--lora-models", "codec"], "lora_models must name one or both of backbone, depth_decoder"),
     ],
 )
 def test_bad_input_is_one_clear_error(work, capsys, problem, flags, message):

@@ -26,6 +26,7 @@ from tokentts.audio import SAMPLE_RATE, write_audio
 from tokentts.audio.synth import EspeakVoice, piper_available, synthesize_espeak, synthesize_piper
 from tokentts.config import add_config_arguments, config_from_args, write_config
 from tokentts.errors import TokenttsError
+from tokentts.training.config import LORA_MODELS, check_lora_models
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ class DemoConfig:
     # by 0.1-0.35 (BENCHMARKS.md).
     depth_frame_fraction: float = field(default=1.0, metadata={
         "help": "share of audio frames the LoRA fine-tune trains the depth decoder on"})
+    # LoRA on both is the seed's recipe and the best fine-tuned voice; on the backbone alone the depth decoder
+    # keeps rendering a context clip's voice, so fine-tuned + clone beats fine-tuned clearly, at a cost to both
+    # (BENCHMARKS.md).
+    lora_models: list[str] = field(default_factory=lambda: list(LORA_MODELS), metadata={
+        "help": "which transformers the LoRA fine-tune adapts: backbone, depth_decoder"})
     clip_seconds: float = field(default=6.0, metadata={"help": "longest prepared training snippet: the embedded base "
                                                                "learned from single sentences of 2-5 s"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
@@ -79,6 +85,7 @@ class DemoConfig:
             raise ValueError("input_code_noise and context_probability must be in [0, 1]")
         if not 0 < self.depth_frame_fraction <= 1:
             raise ValueError("depth_frame_fraction must be in (0, 1]")
+        check_lora_models(self.lora_models)
 
 
 def _stage(number: int, title: str) -> float:
@@ -166,7 +173,8 @@ def run_demo(config: DemoConfig) -> Path:
                                     logging_steps=20, eval_steps=max(config.max_steps // 2, 1), save_steps=config.max_steps,
                                     codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
                                     input_code_noise=config.input_code_noise, context_probability=config.context_probability,
-                                    depth_frame_fraction=config.depth_frame_fraction, overwrite=True))
+                                    depth_frame_fraction=config.depth_frame_fraction, lora_models=config.lora_models,
+                                    overwrite=True))
     _done(started, f"adapter in {tuned.output_dir}")
 
     started = _stage(5, "evaluate: base, base + clone, fine-tuned, fine-tuned + clone")

@@ -496,7 +496,9 @@ each of its examples with another clip of the voice as context, the depth decode
 its speech moves to that voice. Cloning from a context clip of that voice moves it too, far less, and how
 far depends on the clip: in BENCHMARKS.md, +0.03 to +0.11 similarity with three demo references. Once
 fine-tuned, the clip adds nothing measurable (+0.001 to +0.007, inside the intervals): the fine-tuned voice
-is capped by the fine codes its depth decoder samples.
+is capped by the fine codes its depth decoder samples. With LoRA on the backbone alone (`--lora-models
+backbone`) the depth decoder keeps rendering the clip's voice and the clip adds +0.07 to +0.11, but the
+fine-tuned + clone voice (0.82-0.85) is below the default's fine-tuned voice without a clip (0.87).
 
 ## Reproduce
     make base-model        # = tokentts build-base --install

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_MODELS = ["backbone", "depth_decoder"]
+
+
+def check_lora_models(models: list[str]) -> None:
+    if not models or set(models) - set(LORA_MODELS):
+        raise ValueError(f"lora_models must name one or both of {', '.join(LORA_MODELS)}")
 
 
 @dataclass
@@ -90,6 +96,12 @@ class FinetuneConfig:
         default_factory=lambda: list(LORA_TARGETS),
         metadata={"help": "linear layers of the backbone and depth decoder that get LoRA"},
     )
+    # The depth decoder renders a context clip's voice; left without LoRA it keeps doing so, and the
+    # fine-tuned voice then takes its timbre from a clip (BENCHMARKS.md: the embedded model's demo).
+    lora_models: list[str] = field(
+        default_factory=lambda: list(LORA_MODELS),
+        metadata={"help": "which transformers get LoRA: backbone, depth_decoder (default: both)"},
+    )
     merge: bool = field(default=False, metadata={"help": "write merged full weights instead of an adapter"})
     backend: str = field(
         default="transformers",
@@ -171,3 +183,4 @@ class FinetuneConfig:
         unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
         if unknown:
             raise ValueError(f"unknown LoRA target(s) {', '.join(unknown)}; choose from {', '.join(LORA_TARGETS)}")
+        check_lora_models(self.lora_models)

@@ -20,17 +20,19 @@ log = logging.getLogger(__name__)
 
 _SUBLAYER = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
              "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+_MODEL_PREFIX = {"backbone": "backbone_model", "depth_decoder": r"depth_decoder\.model"}
 
 
-def lora_target_pattern(targets: list[str]) -> str:
-    """A regex (peft full-matches it against module names) for `targets` in the backbone and depth decoder."""
+def lora_target_pattern(targets: list[str], models: list[str]) -> str:
+    """A regex (peft full-matches it against module names) for `targets` in `models` (backbone, depth_decoder)."""
     names = "|".join(f"{_SUBLAYER[t]}\\.{t}" for t in targets)
-    return rf"(backbone_model|depth_decoder\.model)\.layers\.\d+\.({names})"
+    prefixes = "|".join(_MODEL_PREFIX[m] for m in models)
+    return rf"({prefixes})\.layers\.\d+\.({names})"
 
 
 def lora_config(cfg: FinetuneConfig) -> LoraConfig:
     return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets), bias="none")
+                      use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets, cfg.lora_models), bias="none")
 
 
 def give_depth_decoder_a_mask(model: torch.nn.Module) -> None:
@@ -81,7 +83,7 @@ def load_unsloth(cfg: FinetuneConfig):
                                                  load_in_4bit=False, max_seq_length=2048)
     model = FastModel.get_peft_model(
         model, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-        use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets), random_state=cfg.seed,
+        use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets, cfg.lora_models), random_state=cfg.seed,
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
     )
     return model, processor
