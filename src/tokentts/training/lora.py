@@ -31,8 +31,8 @@ def lora_target_pattern(targets: list[str], models: list[str]) -> str:
 
 
 def lora_config(cfg: FinetuneConfig) -> LoraConfig:
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets, cfg.lora_models), bias="none")
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.use_rslora,
+                      target_modules=lora_target_pattern(cfg.lora_targets, cfg.lora_models), bias="none")
 
 
 def give_depth_decoder_a_mask(model: torch.nn.Module) -> None:
@@ -83,7 +83,8 @@ def load_unsloth(cfg: FinetuneConfig):
                                                  load_in_4bit=False, max_seq_length=2048)
     model = FastModel.get_peft_model(
         model, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
-        use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets, cfg.lora_models), random_state=cfg.seed,
+        use_rslora=cfg.use_rslora, target_modules=lora_target_pattern(cfg.lora_targets, cfg.lora_models),
+        random_state=cfg.seed,
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
     )
     return model, processor
