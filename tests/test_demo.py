@@ -2,9 +2,12 @@
 
 import json
 
+from datasets import load_from_disk
+
 from tokentts.audio import write_audio
 from tokentts.audio.synth import synthesize_piper
 from tokentts.cli import main
+from tokentts.data.synthetic import synthetic_speakers
 
 
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
@@ -26,6 +29,16 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     # the depth decoder, whose fine codes carry the voice, trained on every frame.
     assert tuned["trim_silence"] is True and tuned["context_probability"] == 1.0 and tuned["depth_frame_fraction"] == 1.0
     assert (out / "adapter" / "adapter_config.json").is_file()
+    # Beside Joe, the fine-tune learns the base corpus's eSpeak speakers 1-12 from context clips, 70 % of
+    # their examples under one another's ids (prior preservation), on sentences outside the demo's script.
+    prior = load_from_disk(str(out / "prior-dataset"))
+    assert sorted(set(prior["source"]), key=int) == [str(i) for i in range(1, 13)] and len(prior) == 48
+    base_voices = {str(i): voice.name for i, voice in enumerate(synthetic_speakers(40))}
+    assert all(f"espeak:{base_voices[speaker]}:" in file for speaker, file in zip(prior["source"], prior["source_file"]))
+    script = set((out / "test_sentences.txt").read_text().splitlines()) | {(out / "reference.txt").read_text().strip()}
+    assert not set(prior["text"]) & script
+    assert tuned["prior_dataset"] == str(out / "prior-dataset") and tuned["context_speaker_swap"] == 0.7
+    assert json.loads((out / "adapter" / "metrics.json").read_text())["data"]["prior_clips"] == 48
     # The embedded base model: the fine-tuned voice brings its adapted codec decoder and speaking rate.
     assert "using the embedded base model" in printed
     assert (out / "adapter" / "codec" / "model.safetensors").is_file() and (out / "adapter" / "speaking_rate.json").is_file()
@@ -44,13 +57,17 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
 
 def test_demo_rejects_a_bad_count_in_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--target-clips", "-1"]) != 0
-    assert "target_clips at least 0" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert "target_clips and prior_speakers at least 0" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--prior-speakers", "-1"]) != 0
+    assert "target_clips and prior_speakers at least 0" in capsys.readouterr().err and not (tmp_path / "demo").exists()
 
 
 def test_demo_rejects_a_bad_share_before_any_stage(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--context-probability", "1.5"]) != 0
-    assert "context_probability must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert "prior_speaker_swap must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--depth-frame-fraction", "0"]) != 0
     assert "depth_frame_fraction must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--lora-models", "codec"]) != 0
     assert "lora_models must name one or both" in capsys.readouterr().err and not (tmp_path / "demo").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--prior-speaker-swap", "1.5"]) != 0
+    assert "prior_speaker_swap must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "demo").exists()

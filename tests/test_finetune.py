@@ -203,6 +203,28 @@ def test_examples_match_transformers_layout_and_label_the_end_frame(work):
         CsmTrainingDataset(clips, depth_frame_fraction=1.0, input_code_noise=0.5, **ids)
 
 
+def test_prior_speakers_always_have_a_context_and_are_swapped_among_themselves_and_the_voice_never(work):
+    """With `prior_speakers` (a prior dataset's), a swap renames only their examples, and only to one
+    another's ids: the voice's own examples keep its id. Their examples always have a context; the
+    voice's as often as `context_probability` says."""
+    tokenizer = load_model(work["model"], device="cpu").processor.tokenizer
+    codes = torch.zeros(8, 5, dtype=torch.int16)
+    speakers = ["0", "0", "7", "7", "8", "8"]
+    encoded = [EncodedClip(row, TEXTS[row % 4], speaker, codes) for row, speaker in enumerate(speakers)]
+    clips, _ = tokenize_clips(encoded, tokenizer, max_text_tokens=256, max_positions=2048)
+    for voice_context in (1.0, 0.0):
+        dataset = CsmTrainingDataset(clips, audio_token_id=1, audio_eos_token_id=2, depth_frame_fraction=1.0,
+                                     context_probability=voice_context, context_speaker_swap=1.0,
+                                     prior_speakers={"7", "8"})
+        for epoch in range(3):
+            dataset.set_epoch(epoch)
+            headers = [tokenizer.decode(dataset[i]["tokens"][:, -1]) for i in range(len(clips))]
+            expected = 2 if voice_context else 1  # the voice: context and target under its id, or the target alone
+            assert [h.count("[0]") for h in headers[:2]] == [expected, expected]
+            assert all(h.count("[8]") == 2 and "[7]" not in h for h in headers[2:4])  # 7's clips, always as 8
+            assert all(h.count("[7]") == 2 and "[8]" not in h for h in headers[4:])
+
+
 def test_length_grouped_batches_are_seeded_and_pad_little(work):
     lengths = list(range(10, 74))
     clips = [EncodedClip(i, "x" * 3, "0", torch.zeros(8, n, dtype=torch.int16)) for i, n in enumerate(lengths)]
@@ -514,6 +536,7 @@ def test_undecodable_and_overlong_rows_are_counted_and_skipped(work, tmp_path):
         ("8-bit AdamW on CPU", ["--optimizer", "adamw_8bit"], "needs CUDA and the bitsandbytes package"),
         ("nothing to resume", ["--resume"], "nothing to resume"),
         ("LoRA on no model", ["--lora-models", "codec"], "lora_models must name one or both of backbone, depth_decoder"),
+        ("no such prior dataset", ["--prior-dataset", "/nonexistent/voices"], "cannot load dataset /nonexistent/voices"),
     ],
 )
 def test_bad_input_is_one_clear_error(work, capsys, problem, flags, message):
@@ -523,6 +546,42 @@ def test_bad_input_is_one_clear_error(work, capsys, problem, flags, message):
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
     assert last_line.startswith("tokentts finetune: error: ") and message in last_line, problem
     assert not (work["root"] / "bad").exists()
+
+
+def test_a_prior_dataset_trains_beside_the_voice_which_alone_sets_the_rate(work, tmp_path):
+    """Prior speakers join the training examples (never the evaluation ones), the voice's speaking rate is
+    its own (they speak at half its rate), and a prior dataset that is not told apart from the voice is refused."""
+    def voices(name: str, speakers: list[str], rate: int) -> Path:
+        clips = [Clip(audio=(a := synthesize_espeak(text, EspeakVoice(variant="f2", rate=rate))), text=text,
+                      source=speaker, start=0.0, end=len(a) / 24000, source_file="s.wav")
+                 for text, speaker in zip(TEXTS, speakers)]
+        clips_to_dataset(clips).save_to_disk(str(tmp_path / name))
+        return tmp_path / name
+
+    voice, prior = voices("voice", ["0"] * 4, 175), voices("prior", ["5", "5", "6", "6"], 90)
+    timed_model = tmp_path / "timed"
+    shutil.copytree(work["model"], timed_model)
+    settings = json.loads((timed_model / "config.json").read_text())
+    (timed_model / "config.json").write_text(json.dumps({**settings, TEXT_POSITIONS_KEY: TIMED}))
+    rates = {}
+    for name, extra in (("alone", {}), ("with-prior", {"prior_dataset": str(prior)})):
+        result = finetune(config(work, name, model=str(timed_model), dataset=str(voice), cache_dir=tmp_path / "cache",
+                                 max_steps=1, eval_fraction=0.25, context_probability=1.0, context_speaker_swap=0.7,
+                                 **extra))
+        rates[name] = json.loads((result.output_dir / "speaking_rate.json").read_text())
+        data = result.metrics["data"]
+        expected = (3, 0, 1) if name == "alone" else (7, 4, 1)
+        assert (data["train_clips"], data["prior_clips"], data["eval_clips"]) == expected
+    assert rates["with-prior"] == rates["alone"]
+
+    with pytest.raises(TokenttsError, match="uses the voice's speaker id 0: give its speakers other ids"):
+        finetune(config(work, "same-ids", dataset=str(voice), prior_dataset=str(voice)))
+    from datasets import load_from_disk
+
+    load_from_disk(str(prior)).remove_columns("source").save_to_disk(str(tmp_path / "anonymous"))
+    with pytest.raises(TokenttsError, match="has no speaker column"):
+        finetune(config(work, "anonymous", prior_dataset=str(tmp_path / "anonymous")))
+    assert not any((work["root"] / name).exists() for name in ("same-ids", "anonymous"))
 
 
 def test_empty_dataset_and_existing_output_are_refused(work, tmp_path):

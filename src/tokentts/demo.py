@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import numpy as np
 from tokentts.audio import SAMPLE_RATE, write_audio
 from tokentts.audio.synth import EspeakVoice, piper_available, synthesize_espeak, synthesize_piper
 from tokentts.config import add_config_arguments, config_from_args, write_config
+from tokentts.data.dataset import Clip, clips_to_dataset
+from tokentts.data.synthetic import speak_espeak, synthetic_sentences, synthetic_speakers
 from tokentts.errors import TokenttsError
 from tokentts.training.config import LORA_MODELS, check_lora_models
 
@@ -69,6 +72,15 @@ class DemoConfig:
     # (BENCHMARKS.md).
     lora_models: list[str] = field(default_factory=lambda: list(LORA_MODELS), metadata={
         "help": "which transformers the LoRA fine-tune adapts: backbone, depth_decoder"})
+    # Trained on Joe alone, with his clip as context in every example, the adapter hard-wires his voice to
+    # his id and a clip of him adds nothing (fine-tuned + clone - fine-tuned +0.001..+0.007). Other voices in
+    # the fine-tune, each learned from a context clip under another's id (prior preservation), keep it
+    # cloning: fine-tuned + clone then clearly beats fine-tuned (BENCHMARKS.md).
+    prior_speakers: int = field(default=12, metadata={
+        "help": "eSpeak speakers of the base's corpus in the LoRA fine-tune's prior dataset (0 = none)"})
+    prior_clips_per_speaker: int = field(default=4, metadata={"help": "sentences each prior speaker says"})
+    prior_speaker_swap: float = field(default=0.7, metadata={
+        "help": "share of the prior speakers' examples under another prior speaker's id"})
     clip_seconds: float = field(default=6.0, metadata={"help": "longest prepared training snippet: the embedded base "
                                                                "learned from single sentences of 2-5 s"})
     max_seconds: float = field(default=8.0, metadata={"help": "longest generated sample"})
@@ -77,12 +89,12 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         counts = (self.train_sentences, self.test_sentences, self.samples_per_sentence, self.max_steps)
-        if min(counts) < 1 or self.target_clips < 0:
-            raise ValueError("train_sentences, test_sentences, samples_per_sentence and max_steps must be at least 1 "
-                             "(target_clips at least 0)")
+        if min(counts) < 1 or min(self.target_clips, self.prior_speakers) < 0 or self.prior_clips_per_speaker < 1:
+            raise ValueError("train_sentences, test_sentences, samples_per_sentence, max_steps and "
+                             "prior_clips_per_speaker must be at least 1 (target_clips and prior_speakers at least 0)")
         # Checked here too, so that a bad share fails before the voice is synthesized and prepared.
-        if not all(0 <= x <= 1 for x in (self.input_code_noise, self.context_probability)):
-            raise ValueError("input_code_noise and context_probability must be in [0, 1]")
+        if not all(0 <= x <= 1 for x in (self.input_code_noise, self.context_probability, self.prior_speaker_swap)):
+            raise ValueError("input_code_noise, context_probability and prior_speaker_swap must be in [0, 1]")
         if not 0 < self.depth_frame_fraction <= 1:
             raise ValueError("depth_frame_fraction must be in (0, 1]")
         check_lora_models(self.lora_models)
@@ -114,10 +126,23 @@ def make_recording(sentences: list[str], seed: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def prior_clips(speakers: int, clips_per_speaker: int, avoid: set[str], seed: int) -> list[Clip]:
+    """The fine-tune's prior dataset: speakers 1..N of the embedded base's eSpeak corpus (0 is the id
+    `prepare` gives the target) reading grammar sentences that are not in the demo's script."""
+    rng = random.Random(seed)
+    sentences = [s for s in synthetic_sentences(speakers * clips_per_speaker + len(avoid), seed=20_000 + seed)
+                 if s not in avoid][: speakers * clips_per_speaker]
+    voices = synthetic_speakers(speakers + 1)[1:]  # the base corpus's speakers, by id (BaseModelConfig's seed 0)
+    clips = []
+    for index, voice in enumerate(voices, start=1):
+        first = (index - 1) * clips_per_speaker
+        clips += speak_espeak(voice, str(index), sentences[first:first + clips_per_speaker], rng)
+    return clips
+
+
 def run_demo(config: DemoConfig) -> Path:
     """Run every stage into `config.out`; returns the report folder."""
     from tokentts.data.prepare import PrepareConfig, prepare
-    from tokentts.data.synthetic import synthetic_sentences
     from tokentts.evaluation.report import write_reports
     from tokentts.evaluation.runner import EvaluateConfig, evaluate
     from tokentts.model.embedded import embedded_model_path
@@ -149,6 +174,14 @@ def run_demo(config: DemoConfig) -> Path:
     (out / "test_sentences.txt").write_text("\n".join(test) + "\n")
     _done(started, f"{len(recording) / SAMPLE_RATE:.0f} s recording, held-out reference clip, {len(targets)} more "
                    f"held-out clips and {len(test)} test sentences")
+    prior = None
+    if config.prior_speakers:
+        started = time.perf_counter()
+        prior = out / "prior-dataset"
+        clips_to_dataset(prior_clips(config.prior_speakers, config.prior_clips_per_speaker, set(script),
+                                     config.seed)).save_to_disk(str(prior))
+        _done(started, f"prior dataset: {config.prior_speakers} eSpeak speakers of the base's corpus, "
+                       f"{config.prior_clips_per_speaker} sentences each, in {prior}")
 
     started = _stage(2, "prepare: Whisper transcript, snippets, dataset")
     prepared = prepare(PrepareConfig(sources=[str(out / "target_recording.flac")], out=out / "dataset", asr_model="turbo",
@@ -174,7 +207,8 @@ def run_demo(config: DemoConfig) -> Path:
                                     codec_decoder_steps=config.codec_decoder_steps, cache_dir=out / "cache",
                                     input_code_noise=config.input_code_noise, context_probability=config.context_probability,
                                     depth_frame_fraction=config.depth_frame_fraction, lora_models=config.lora_models,
-                                    overwrite=True))
+                                    prior_dataset=str(prior) if prior else None,
+                                    context_speaker_swap=config.prior_speaker_swap, overwrite=True))
     _done(started, f"adapter in {tuned.output_dir}")
 
     started = _stage(5, "evaluate: base, base + clone, fine-tuned, fine-tuned + clone")

@@ -82,6 +82,17 @@ def synthetic_speakers(count: int, seed: int = 0) -> list[EspeakVoice]:
     ]
 
 
+def speak_espeak(voice: EspeakVoice, speaker: str, texts: Sequence[str], rng: random.Random) -> list[Clip]:
+    """`texts` in `voice`, each at its own rate (0.85-1.15 times the voice's), as clips of `speaker`."""
+    clips = []
+    for text in texts:
+        spoken = EspeakVoice(voice.language, voice.variant, voice.pitch, int(voice.rate * rng.uniform(0.85, 1.15)),
+                             voice.pitch_range)
+        audio = synthesize_espeak(text, spoken)
+        clips.append(Clip(audio, text, speaker, 0.0, len(audio) / 24_000, f"espeak:{voice.name}:p{voice.pitch}"))
+    return clips
+
+
 def build_synthetic_corpus(speakers: int, clips_per_speaker: int, seed: int = 0, flite_voices: Sequence[str] = (),
                            flite_clips_per_voice: int = 0) -> list[Clip]:
     """Speak distinct sentences with `speakers` eSpeak voices, then `flite_clips_per_voice` of those
@@ -94,11 +105,8 @@ def build_synthetic_corpus(speakers: int, clips_per_speaker: int, seed: int = 0,
     sentences = synthetic_sentences(speakers * clips_per_speaker, seed)
     clips = []
     for index, voice in enumerate(synthetic_speakers(speakers, seed)):
-        for text in sentences[index * clips_per_speaker:(index + 1) * clips_per_speaker]:
-            rate = int(voice.rate * rng.uniform(0.85, 1.15))
-            spoken = EspeakVoice(voice.language, voice.variant, voice.pitch, rate, voice.pitch_range)
-            audio = synthesize_espeak(text, spoken)
-            clips.append(Clip(audio, text, str(index), 0.0, len(audio) / 24_000, f"espeak:{voice.name}:p{voice.pitch}"))
+        own = sentences[index * clips_per_speaker:(index + 1) * clips_per_speaker]
+        clips += speak_espeak(voice, str(index), own, rng)
     for index, name in enumerate(flite_voices, start=speakers):
         for _ in range(flite_clips_per_voice):
             text = sentences[rng.randrange(len(sentences))]

@@ -492,13 +492,13 @@ Intelligibility bar (WER at most {WER_MARGIN:.2f} above the recordings'): base {
 {recorded_wer:.3f}, {base_wer - recorded_wer:.4f} above them: the model **{verdict}** it.
 
 Fine-tuned on a new voice (`tokentts demo`: LoRA plus the codec-decoder adaptation of `tokentts finetune`,
-each of its examples with another clip of the voice as context, the depth decoder trained on every frame),
-its speech moves to that voice. Cloning from a context clip of that voice moves it too, far less, and how
-far depends on the clip: in BENCHMARKS.md, +0.03 to +0.11 similarity with three demo references. Once
-fine-tuned, the clip adds nothing measurable (+0.001 to +0.007, inside the intervals): the fine-tuned voice
-is capped by the fine codes its depth decoder samples. With LoRA on the backbone alone (`--lora-models
-backbone`) the depth decoder keeps rendering the clip's voice and the clip adds +0.07 to +0.11, but the
-fine-tuned + clone voice (0.82-0.85) is below the default's fine-tuned voice without a clip (0.87).
+each of its examples with another clip of its speaker as context, the depth decoder trained on every frame,
+and this model's eSpeak speakers 1-12 trained beside the voice as a prior dataset), its speech moves to that
+voice, and a clip of the voice as context moves it further. On three demo seeds (BENCHMARKS.md): base + clone
+over base +0.02 to +0.11, fine-tuned over base +0.16 to +0.17, fine-tuned + clone over fine-tuned +0.20 to
++0.22 (0.85-0.86), each beyond its interval. The clip costs words: fine-tuned + clone is heard at WER
+0.84-0.99, fine-tuned alone at 0.43-0.53. Without the prior speakers (`--prior-speakers 0`) the adapter ties
+the voice to its id: fine-tuned alone reaches 0.87 (WER 0.6-0.7) and a clip adds nothing measurable.
 
 ## Reproduce
     make base-model        # = tokentts build-base --install

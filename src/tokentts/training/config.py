@@ -34,6 +34,14 @@ class FinetuneConfig:
         metadata={"help": "column with the speaker id (default: `source` or `speaker_id` if present, "
                           "else everyone is speaker 0)"},
     )
+    # DreamBooth's prior preservation, for voices: trained on its voice alone, with a context clip in every
+    # example, the adapter hard-wires that voice and a clip of it no longer adds anything (BENCHMARKS.md).
+    prior_dataset: str | None = field(
+        default=None,
+        metadata={"help": "a dataset of other speakers (same columns, its own speaker ids) trained alongside, "
+                          "every example with a context clip of its speaker, `context_speaker_swap` of them under "
+                          "another of its ids: the adapter keeps taking the voice from a context clip"},
+    )
     max_text_tokens: int = field(
         default=256,
         metadata={"help": "drop (and count) rows whose text is longer, in tokens"},
@@ -59,7 +67,8 @@ class FinetuneConfig:
     # --- training examples and loss
     context_probability: float = field(
         default=0.0,
-        metadata={"help": "chance that another clip of the same speaker is put before the target (teaches cloning)"},
+        metadata={"help": "chance that another clip of the same speaker is put before the target (teaches cloning; "
+                          "a prior dataset's examples always get one)"},
     )
     input_code_noise: float = field(
         default=0.0,
@@ -70,7 +79,8 @@ class FinetuneConfig:
     context_speaker_swap: float = field(
         default=0.0,
         metadata={"help": "share of examples with a context in which both clips get another speaker's id, so "
-                          "that the voice must come from the context audio (pretraining on many speakers)"},
+                          "that the voice must come from the context audio (pretraining on many speakers; with "
+                          "a prior dataset, only its examples, under its ids)"},
     )
     depth_frame_fraction: float = field(
         default=0.0625,

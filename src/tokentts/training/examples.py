@@ -6,7 +6,9 @@ One example is a frame sequence (layout in `tokentts.model.prompt`):
     <bos>[spk]text<eos>  audio frames  end-of-audio
 
 (with `context_speaker_swap`, some examples with a context put another speaker's id in both headers:
-the voice must then come from the context audio, which is what cloning asks of the model)
+the voice must then come from the context audio, which is what cloning asks of the model; with
+`prior_speakers`, the speakers of a prior dataset, only their examples are swapped, only among their
+ids, and each of them has a context)
 
 with labels `[T, K]`: the codes of the target's audio frames and of its end-of-audio frame (all
 zeros: that label is what teaches the model to stop), -100 everywhere else. transformers' CSM loss
@@ -23,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,15 +86,20 @@ class CsmTrainingDataset(Dataset):
     def __init__(self, clips: list[TrainingClip], *, audio_token_id: int, audio_eos_token_id: int,
                  depth_frame_fraction: float, context_probability: float = 0.0, context_speaker_swap: float = 0.0,
                  context_pool: list[TrainingClip] | None = None, max_positions: int = 2048, seed: int = 0,
-                 aligned: bool = False, input_code_noise: float = 0.0, codebook_size: int = 0):
+                 aligned: bool = False, input_code_noise: float = 0.0, codebook_size: int = 0,
+                 prior_speakers: Collection[str] | None = None):
         """`aligned`: the model's text layout (`tokentts.model.prompt.TextLayout`); `input_code_noise`:
-        share of the input's codebook 1..K-1 codes replaced by random codes below `codebook_size`."""
+        share of the input's codebook 1..K-1 codes replaced by random codes below `codebook_size`;
+        `prior_speakers`: other voices trained beside the one being fine-tuned, so that it keeps cloning: each
+        of their examples has a context, and a swap renames only them, to one another's ids (None: a swap
+        may rename any speaker)."""
         if input_code_noise and codebook_size < 1:
             raise ValueError("input_code_noise needs the codebook_size")
         self.clips = clips
         self.input_code_noise = input_code_noise
         self.codebook_size = codebook_size
         self.context_speaker_swap = context_speaker_swap
+        self.prior_speakers = None if prior_speakers is None else frozenset(prior_speakers)
         self.aligned = aligned
         self.audio_token_id = audio_token_id
         self.audio_eos_token_id = audio_eos_token_id
@@ -106,6 +114,9 @@ class CsmTrainingDataset(Dataset):
         # `<bos>[speaker]` of every speaker, for examples whose speaker id is swapped.
         self.headers = {c.speaker: c.text_ids[:c.header_tokens] for c in [*clips, *(context_pool or [])]}
 
+    def _swappable(self, speaker: str) -> bool:
+        return self.prior_speakers is None or speaker in self.prior_speakers
+
     def __len__(self) -> int:
         return len(self.clips)
 
@@ -117,7 +128,8 @@ class CsmTrainingDataset(Dataset):
         self.epoch = epoch
 
     def _context_for(self, target: TrainingClip, rng: np.random.Generator) -> TrainingClip | None:
-        if self.context_probability == 0 or rng.random() >= self.context_probability:
+        probability = 1.0 if self.prior_speakers and target.speaker in self.prior_speakers else self.context_probability
+        if probability == 0 or rng.random() >= probability:
             return None
         candidates = [c for c in self.by_speaker[target.speaker] if c.row != target.row]
         if not candidates:
@@ -128,7 +140,7 @@ class CsmTrainingDataset(Dataset):
     def _swap_speaker(self, clips: list[TrainingClip], rng: np.random.Generator) -> list[TrainingClip]:
         """The clips (a context and its target) under another speaker's id: the id then names a voice
         the audio does not have, and only the context tells the model whose voice to continue."""
-        others = sorted(s for s in self.headers if s != clips[0].speaker)
+        others = sorted(s for s in self.headers if s != clips[0].speaker and self._swappable(s))
         if not others:
             return clips
         header = self.headers[others[rng.integers(len(others))]]
@@ -145,7 +157,8 @@ class CsmTrainingDataset(Dataset):
         target = self.clips[index]
         context = self._context_for(target, rng)
         clips = [context, target] if context else [target]
-        if context and self.context_speaker_swap and rng.random() < self.context_speaker_swap:
+        if (context and self.context_speaker_swap and self._swappable(target.speaker)
+                and rng.random() < self.context_speaker_swap):
             clips = self._swap_speaker(clips, rng)
         prompt = Prompt.cat([self._frames(clip) for clip in clips])
         first_audio = len(prompt) - target.codes.shape[1] - 1

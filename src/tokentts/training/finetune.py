@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR, SPEAKING_RATE_FILENAME, load_model
 from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY, TextLayout, speaking_rate
 from tokentts.training.config import FinetuneConfig
-from tokentts.training.data import EncodedDataset, encode_dataset, open_dataset
+from tokentts.training.data import SPEAKER_COLUMNS, EncodedDataset, encode_dataset, open_dataset
 from tokentts.training.examples import CsmTrainingDataset, TrainingClip, collate_frames, tokenize_clips
 from tokentts.training.lora import load_unsloth, merged_model, prepare_for_training, trainable_parameters
 from tokentts.training.trainer import CsmTrainer, plot_loss_curves, unwrap_csm
@@ -170,9 +170,17 @@ def _drop_report(dropped: Counter) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in dropped.most_common())
 
 
+class TrainingSets(NamedTuple):
+    train: CsmTrainingDataset
+    eval: CsmTrainingDataset | None
+    dropped: Counter  # rows of the voice's dataset, by reason
+    voice_clips: list[TrainingClip]  # the training clips of the voice itself (not of a prior dataset)
+
+
 def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any, csm_config: Any,
-                   codebook_size: int) -> tuple[CsmTrainingDataset, CsmTrainingDataset | None, Counter]:
-    """Training and evaluation examples from the encoded clips, and every dropped row counted by reason."""
+                   codebook_size: int, prior: EncodedDataset | None = None) -> TrainingSets:
+    """Training and evaluation examples from the encoded clips (and a prior dataset's, for training only),
+    with every dropped row counted by reason."""
     layout = TextLayout.of(csm_config)
     clips, text_dropped = tokenize_clips(encoded.clips, tokenizer, cfg.max_text_tokens, csm_config.max_position_embeddings,
                                          layout)
@@ -182,16 +190,45 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
     if dropped:
         log.warning("dropped %d of %d rows: %s", sum(dropped.values()), encoded.rows_total, _drop_report(dropped))
     train_clips, eval_clips = split_train_eval(clips, cfg.eval_fraction, cfg.seed)
+    prior_clips: list[TrainingClip] = []
+    if prior is not None:
+        prior_clips, prior_text_dropped = tokenize_clips(prior.clips, tokenizer, cfg.max_text_tokens,
+                                                         csm_config.max_position_embeddings, layout)
+        prior_dropped = prior.dropped + prior_text_dropped
+        if not prior_clips:
+            raise TokenttsError(f"no usable rows in prior dataset {cfg.prior_dataset}: all {prior.rows_total} were "
+                                f"dropped ({_drop_report(prior_dropped)})")
+        if prior_dropped:
+            log.warning("prior dataset: dropped %d of %d rows: %s", sum(prior_dropped.values()), prior.rows_total,
+                        _drop_report(prior_dropped))
     # Context clips come from the training split only, for the evaluation examples too.
     settings = dict(audio_token_id=csm_config.audio_token_id, audio_eos_token_id=csm_config.audio_eos_token_id,
                     depth_frame_fraction=cfg.depth_frame_fraction, context_probability=cfg.context_probability,
-                    context_speaker_swap=cfg.context_speaker_swap,
-                    context_pool=train_clips, max_positions=csm_config.max_position_embeddings, seed=cfg.seed,
-                    aligned=layout.aligned)
+                    context_speaker_swap=cfg.context_speaker_swap, context_pool=train_clips + prior_clips,
+                    prior_speakers={c.speaker for c in prior_clips} if prior is not None else None,
+                    max_positions=csm_config.max_position_embeddings, seed=cfg.seed, aligned=layout.aligned)
     # Input noise only where the model learns: evaluation measures the loss on the real codes.
-    return (CsmTrainingDataset(train_clips, input_code_noise=cfg.input_code_noise, codebook_size=codebook_size,
-                               **settings),
-            CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped)
+    return TrainingSets(CsmTrainingDataset(train_clips + prior_clips, input_code_noise=cfg.input_code_noise,
+                                           codebook_size=codebook_size, **settings),
+                        CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped, train_clips)
+
+
+def open_prior_dataset(cfg: FinetuneConfig) -> tuple[Any, str]:
+    """The prior dataset and its speaker column, which it must have: its voices are told apart by id."""
+    source, speaker_column = open_dataset(dataclasses.replace(cfg, dataset=cfg.prior_dataset, speaker_column=None))
+    if speaker_column is None:
+        raise TokenttsError(f"prior dataset {cfg.prior_dataset} has no speaker column ({', '.join(SPEAKER_COLUMNS)})")
+    return source, speaker_column
+
+
+def encode_prior_dataset(cfg: FinetuneConfig, source: Any, speaker_column: str, codec: Any, device: torch.device,
+                         voice: EncodedDataset) -> EncodedDataset:
+    prior = encode_dataset(source, codec, dataclasses.replace(cfg, dataset=cfg.prior_dataset), speaker_column, device)
+    shared = {c.speaker for c in prior.clips} & {c.speaker for c in voice.clips}
+    if shared:
+        raise TokenttsError(f"prior dataset {cfg.prior_dataset} uses the voice's speaker id "
+                            f"{', '.join(sorted(shared, key=int))}: give its speakers other ids")
+    return prior
 
 
 def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> FinetuneResult:
@@ -209,6 +246,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     # The main process downloads the dataset (a hub id) and encodes and caches its audio; the others then read the cache.
     with state.main_process_first():
         source, speaker_column = open_dataset(cfg)  # before loading the model: bad input fails fast
+        prior_source = open_prior_dataset(cfg) if cfg.prior_dataset else None
     model, processor, codec = _load(cfg, state.device, precision)
     csm_config = unwrap_csm(model).config
     if cfg.trim_silence is None:
@@ -216,10 +254,12 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         cfg = dataclasses.replace(cfg, trim_silence=TextLayout.of(csm_config).aligned)
     with state.main_process_first():
         encoded = encode_dataset(source, codec, cfg, speaker_column, state.device)
-    train_set, eval_set, dropped = build_datasets(cfg, encoded, processor.tokenizer, csm_config, codec.codebook_size)
+        prior = encode_prior_dataset(cfg, *prior_source, codec, state.device, encoded) if prior_source else None
+    train_set, eval_set, dropped, voice_clips = build_datasets(cfg, encoded, processor.tokenizer, csm_config,
+                                                               codec.codebook_size, prior)
     if train_set.aligned:
         # The voice's speaking rate, which places the text of new sentences (tokentts.model.prompt).
-        rate = speaking_rate([(len(c.text_ids) - c.header_tokens - 1, c.codes.shape[1]) for c in train_set.clips])
+        rate = speaking_rate([(len(c.text_ids) - c.header_tokens - 1, c.codes.shape[1]) for c in voice_clips])
         setattr(csm_config, FRAMES_PER_TOKEN_KEY, round(rate, 4))
 
     trainer = CsmTrainer(
@@ -238,7 +278,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     eval_end = trainer.evaluate()["eval_loss"] if eval_set is not None else None
     adaptation = None
     if isinstance(codec, NeuralCodec) and cfg.codec_decoder_steps and state.is_main_process:
-        adaptation = adapt_decoder(codec, _training_audio(source, cfg, train_set), cfg.codec_decoder_steps,
+        adaptation = adapt_decoder(codec, _training_audio(source, cfg, voice_clips), cfg.codec_decoder_steps,
                                    seed=cfg.seed)
 
     train_audio_seconds = sum(clip.codes.shape[1] for clip in train_set.clips) / codec.frame_rate
@@ -260,6 +300,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         "data": {
             "rows": encoded.rows_total,
             "train_clips": len(train_set),
+            "prior_clips": len(train_set) - len(voice_clips),  # of the train clips
             "eval_clips": len(eval_set) if eval_set is not None else 0,
             "train_audio_seconds": round(train_audio_seconds, 2),
             "dropped": dict(dropped),
@@ -277,10 +318,9 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     return FinetuneResult(Path(cfg.output_dir), metrics, state.is_main_process)
 
 
-def _training_audio(source: Any, cfg: FinetuneConfig, train_set: CsmTrainingDataset,
-                    limit: int = 200) -> list[np.ndarray]:
-    """Decoded audio of (up to `limit`, evenly spread) training rows, for adapting the codec decoder."""
-    rows = sorted({clip.row for clip in train_set.clips})
+def _training_audio(source: Any, cfg: FinetuneConfig, clips: list[TrainingClip], limit: int = 200) -> list[np.ndarray]:
+    """Decoded audio of (up to `limit`, evenly spread) of the voice's training clips, for adapting the codec decoder."""
+    rows = sorted({clip.row for clip in clips})
     rows = rows[:: max(1, len(rows) // limit)][:limit]
     return [decode_audio_cell(row[cfg.audio_column]) for row in source.select(rows)]
 

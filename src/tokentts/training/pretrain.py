@@ -59,7 +59,7 @@ CONFIG_FILENAME = "pretrain_config.json"
 
 # Settings of FinetuneConfig that describe adapting an existing model; pretraining has no CLI flags for them.
 FINETUNE_ONLY = ("model", "method", "merge", "backend", "lora_rank", "lora_alpha", "lora_dropout", "use_rslora",
-                 "lora_targets", "lora_models", "codec_decoder_steps")
+                 "lora_targets", "lora_models", "codec_decoder_steps", "prior_dataset")
 
 
 @dataclass
