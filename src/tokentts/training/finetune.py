@@ -37,7 +37,7 @@ from tokentts.errors import TokenttsError
 from tokentts.model.loading import MODEL_CODEC_SUBDIR, SPEAKING_RATE_FILENAME, load_model
 from tokentts.model.prompt import FRAMES_PER_TOKEN_KEY, TextLayout, speaking_rate
 from tokentts.training.config import FinetuneConfig
-from tokentts.training.data import SPEAKER_COLUMNS, EncodedDataset, encode_dataset, open_dataset
+from tokentts.training.data import SPEAKER_COLUMNS, EncodedDataset, encode_dataset, open_dataset, speaker_id
 from tokentts.training.examples import CsmTrainingDataset, TrainingClip, collate_frames, tokenize_clips
 from tokentts.training.lora import load_unsloth, merged_model, prepare_for_training, trainable_parameters
 from tokentts.training.trainer import CsmTrainer, plot_loss_curves, unwrap_csm
@@ -213,22 +213,18 @@ def build_datasets(cfg: FinetuneConfig, encoded: EncodedDataset, tokenizer: Any,
                         CsmTrainingDataset(eval_clips, **settings) if eval_clips else None, dropped, train_clips)
 
 
-def open_prior_dataset(cfg: FinetuneConfig) -> tuple[Any, str]:
-    """The prior dataset and its speaker column, which it must have: its voices are told apart by id."""
+def open_prior_dataset(cfg: FinetuneConfig, voice: Any, voice_speaker_column: str | None) -> tuple[Any, str]:
+    """The prior dataset and its speaker column, which it must have, with ids other than the voice's
+    (`voice`: the voice's dataset): checked on the columns, before any audio is decoded."""
     source, speaker_column = open_dataset(dataclasses.replace(cfg, dataset=cfg.prior_dataset, speaker_column=None))
     if speaker_column is None:
         raise TokenttsError(f"prior dataset {cfg.prior_dataset} has no speaker column ({', '.join(SPEAKER_COLUMNS)})")
-    return source, speaker_column
-
-
-def encode_prior_dataset(cfg: FinetuneConfig, source: Any, speaker_column: str, codec: Any, device: torch.device,
-                         voice: EncodedDataset) -> EncodedDataset:
-    prior = encode_dataset(source, codec, dataclasses.replace(cfg, dataset=cfg.prior_dataset), speaker_column, device)
-    shared = {c.speaker for c in prior.clips} & {c.speaker for c in voice.clips}
+    voice_ids = {speaker_id(v) for v in voice[voice_speaker_column]} if voice_speaker_column else {"0"}
+    shared = voice_ids & {speaker_id(v) for v in source[speaker_column]} - {None}
     if shared:
         raise TokenttsError(f"prior dataset {cfg.prior_dataset} uses the voice's speaker id "
                             f"{', '.join(sorted(shared, key=int))}: give its speakers other ids")
-    return prior
+    return source, speaker_column
 
 
 def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> FinetuneResult:
@@ -246,7 +242,7 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
     # The main process downloads the dataset (a hub id) and encodes and caches its audio; the others then read the cache.
     with state.main_process_first():
         source, speaker_column = open_dataset(cfg)  # before loading the model: bad input fails fast
-        prior_source = open_prior_dataset(cfg) if cfg.prior_dataset else None
+        prior_source = open_prior_dataset(cfg, source, speaker_column) if cfg.prior_dataset else None
     model, processor, codec = _load(cfg, state.device, precision)
     csm_config = unwrap_csm(model).config
     if cfg.trim_silence is None:
@@ -254,7 +250,8 @@ def finetune(cfg: FinetuneConfig, callbacks: list[TrainerCallback] | None = None
         cfg = dataclasses.replace(cfg, trim_silence=TextLayout.of(csm_config).aligned)
     with state.main_process_first():
         encoded = encode_dataset(source, codec, cfg, speaker_column, state.device)
-        prior = encode_prior_dataset(cfg, *prior_source, codec, state.device, encoded) if prior_source else None
+        prior = (encode_dataset(prior_source[0], codec, dataclasses.replace(cfg, dataset=cfg.prior_dataset),
+                                prior_source[1], state.device) if prior_source else None)
     train_set, eval_set, dropped, voice_clips = build_datasets(cfg, encoded, processor.tokenizer, csm_config,
                                                                codec.codebook_size, prior)
     if train_set.aligned:
